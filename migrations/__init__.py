@@ -1,0 +1,1 @@
+"""orion_sql's Alembic environment; installed as the package orion_sql.migrations."""

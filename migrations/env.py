@@ -1,0 +1,54 @@
+"""Alembic environment for orion_sql.
+
+Programmatic runs (the storage, `orion-sql`) hand over a connection already in a
+locked write transaction. `alembic upgrade head` run by hand finds the database
+as the storage does: ``-x url=...``, else ``ORION_DB_ADDRESS``, else the embedded
+SQLite default.
+"""
+from logging.config import fileConfig
+
+from alembic import context
+
+from orion_sql.database import Database
+from orion_sql.engine import configured_url
+from orion_sql.models import Base
+from orion_sql.schema import VERSION_TABLE
+
+config = context.config
+if config.config_file_name and config.attributes.get("connection") is None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)  # the alembic CLI
+
+
+def database_url():
+    return configured_url(context.get_x_argument(as_dictionary=True).get("url"))
+
+
+def run_on(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        version_table=VERSION_TABLE,
+        render_as_batch=True,  # SQLite alters tables by copying them
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    context.configure(
+        url=database_url(),
+        target_metadata=Base.metadata,
+        version_table=VERSION_TABLE,
+        literal_binds=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+elif config.attributes.get("connection") is not None:
+    run_on(config.attributes["connection"])
+else:
+    database = Database(database_url())
+    with database.transaction(write=True) as connection:
+        database.dialect.lock_for_migration(connection)
+        run_on(connection)
+    database.dispose()

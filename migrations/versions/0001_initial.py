@@ -1,0 +1,110 @@
+"""Initial schema: experiments, trials, params, results, algo_locks, benchmarks.
+
+Revision ID: 0001_initial
+Revises:
+Create Date: 2026-11-22
+"""
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0001_initial"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+# Frozen copies of the column types of this revision (models may change later).
+DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+STATUSES = "'new', 'reserved', 'suspended', 'completed', 'interrupted', 'broken'"
+PARAM_TYPES = "'integer', 'real', 'categorical', 'fidelity'"
+RESULT_TYPES = "'objective', 'constraint', 'gradient', 'statistic', 'lie'"
+
+
+def _value_table(name: str, allowed_types: str) -> None:
+    op.create_table(
+        name,
+        sa.Column("trial_id", sa.Integer(), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("type", sa.String(length=16), nullable=True),
+        sa.Column("value", sa.JSON(), nullable=False),
+        sa.Column("numeric_value", sa.Float(precision=53), nullable=True),
+        sa.Column("text_value", sa.Text(), nullable=True),
+        sa.CheckConstraint(f"type IN ({allowed_types})", name=op.f(f"ck_{name}_type")),
+        sa.ForeignKeyConstraint(
+            ["trial_id"], ["trials.id"], name=op.f(f"fk_{name}_trial_id_trials"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("trial_id", "position", name=op.f(f"pk_{name}")),
+    )
+
+
+def upgrade() -> None:
+    op.create_table(
+        "benchmarks",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("document", DOCUMENT, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_benchmarks")),
+        sa.UniqueConstraint("name", name=op.f("uq_benchmarks_name")),
+    )
+    op.create_table(
+        "experiments",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("parent_id", sa.Integer(), nullable=True),
+        sa.Column("root_id", sa.Integer(), nullable=True),
+        sa.Column("username", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(), nullable=True),
+        sa.Column("document", DOCUMENT, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_experiments")),
+        sa.UniqueConstraint("name", "version", name=op.f("uq_experiments_name_version")),
+    )
+    for column in ("created_at", "parent_id", "root_id", "username"):
+        op.create_index(op.f(f"ix_experiments_{column}"), "experiments", [column])
+
+    op.create_table(
+        "algo_locks",
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("configuration", DOCUMENT, nullable=True),
+        sa.Column("state", sa.LargeBinary(), nullable=True),
+        sa.Column("locked", sa.Boolean(), nullable=False),
+        sa.Column("owner", sa.Text(), nullable=True),
+        sa.Column("heartbeat", sa.DateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"], ["experiments.id"],
+            name=op.f("fk_algo_locks_experiment_id_experiments"), ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("experiment_id", name=op.f("pk_algo_locks")),
+    )
+    op.create_table(
+        "trials",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("hash", sa.String(length=32), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("worker", sa.Text(), nullable=True),
+        sa.Column("exp_working_dir", sa.Text(), nullable=True),
+        sa.Column("parent_hash", sa.String(length=32), nullable=True),
+        sa.Column("submit_time", sa.DateTime(), nullable=True),
+        sa.Column("start_time", sa.DateTime(), nullable=True),
+        sa.Column("end_time", sa.DateTime(), nullable=True),
+        sa.Column("heartbeat", sa.DateTime(), nullable=True),
+        sa.CheckConstraint(f"status IN ({STATUSES})", name=op.f("ck_trials_status")),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"], ["experiments.id"],
+            name=op.f("fk_trials_experiment_id_experiments"), ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_trials")),
+        sa.UniqueConstraint("experiment_id", "hash", name=op.f("uq_trials_experiment_id_hash")),
+    )
+    # Reservation: the oldest pending trial of one experiment, walked in id order.
+    op.create_index(op.f("ix_trials_experiment_id_status_id"), "trials", ["experiment_id", "status", "id"])
+
+    _value_table("params", PARAM_TYPES)
+    _value_table("results", RESULT_TYPES)
+
+
+def downgrade() -> None:
+    for table in ("results", "params", "trials", "algo_locks", "experiments", "benchmarks"):
+        op.drop_table(table)

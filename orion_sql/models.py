@@ -1,0 +1,167 @@
+"""SQLAlchemy models: the relational schema Oríon's documents are stored in.
+
+The Alembic revisions under ``migrations/`` own the schema; these models describe
+it for queries, and ``alembic check`` proves the two agree.
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
+
+TRIAL_STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
+PENDING_STATUSES = ("new", "suspended", "interrupted")
+PARAM_TYPES = ("integer", "real", "categorical", "fidelity")
+RESULT_TYPES = ("objective", "constraint", "gradient", "statistic", "lie")
+
+# Documents are queried by key, so PostgreSQL keeps them as JSONB; value columns keep
+# the exact text the codec wrote, so PostgreSQL keeps them as JSON (text, validated).
+Document = JSON().with_variant(JSONB(), "postgresql")
+# Naive UTC, microseconds, on every database.
+UtcDateTime = DateTime(timezone=False)
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with named constraints, so migrations can refer to them."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ExperimentRow(Base):
+    """One Oríon experiment: its document, plus indexed columns derived from it."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        Index(None, "parent_id"),
+        Index(None, "root_id"),
+        Index(None, "username"),
+        Index(None, "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    # refers.parent_id and refers.root_id. Not foreign keys: Oríon deletes an EVC
+    # tree from its root down (`orion db rm`), which a constraint would forbid.
+    parent_id: Mapped[Optional[int]] = mapped_column(Integer)
+    root_id: Mapped[Optional[int]] = mapped_column(Integer)
+    username: Mapped[Optional[str]] = mapped_column(Text)  # metadata.user
+    created_at: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)  # metadata.datetime
+    document: Mapped[dict[str, Any]] = mapped_column(Document)
+
+
+class TrialRow(Base):
+    """One trial of an experiment; its params and results live in their own tables."""
+
+    __tablename__ = "trials"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "hash"),
+        # Reservation walks this index: oldest pending trial of one experiment, by id.
+        Index(None, "experiment_id", "status", "id"),
+        CheckConstraint(f"status IN ({_sql_list(TRIAL_STATUSES)})", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # Oríon's trial `_id`
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE")
+    )
+    hash: Mapped[str] = mapped_column(String(32))  # Oríon's trial `id`
+    status: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[Optional[str]] = mapped_column(Text)
+    exp_working_dir: Mapped[Optional[str]] = mapped_column(Text)
+    parent_hash: Mapped[Optional[str]] = mapped_column(String(32))  # Oríon's `parent`
+    submit_time: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
+    start_time: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
+    end_time: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
+    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
+
+
+class _TrialValue:
+    """Columns shared by params and results: one named, typed value of a trial."""
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    type: Mapped[Optional[str]] = mapped_column(String(16))
+    value: Mapped[Any] = mapped_column(JSON)  # exact round trip, through the codec
+    numeric_value: Mapped[Optional[float]] = mapped_column(Float(53))
+    text_value: Mapped[Optional[str]] = mapped_column(Text)
+
+    @declared_attr.directive
+    def __table_args__(cls):  # noqa: N805 (a class-level directive)
+        allowed = _sql_list(cls.allowed_types)
+        return (CheckConstraint(f"type IN ({allowed})", name="type"),)
+
+
+class ParamRow(_TrialValue, Base):
+    """A parameter of a trial, in the order Oríon gave them."""
+
+    __tablename__ = "params"
+    allowed_types = PARAM_TYPES
+
+
+class ResultRow(_TrialValue, Base):
+    """A result of a trial (objective, constraint, ...), in the order reported."""
+
+    __tablename__ = "results"
+    allowed_types = RESULT_TYPES
+
+
+class AlgoLockRow(Base):
+    """The algorithm of one experiment: configuration, pickled state, and its lock.
+
+    On PostgreSQL the lock is this row's lock, held by the holder's transaction;
+    ``locked``/``owner``/``heartbeat`` carry the lock on SQLite, which has no row locks.
+    """
+
+    __tablename__ = "algo_locks"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    configuration: Mapped[Optional[dict[str, Any]]] = mapped_column(Document)
+    state: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    locked: Mapped[bool] = mapped_column(default=False)
+    owner: Mapped[Optional[str]] = mapped_column(Text)
+    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
+
+
+class BenchmarkRow(Base):
+    """One Oríon benchmark: its document, with its unique name as a column."""
+
+    __tablename__ = "benchmarks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    document: Mapped[dict[str, Any]] = mapped_column(Document)
