@@ -1,0 +1,90 @@
+"""The interface every dialect implements."""
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Any, Sequence
+
+from sqlalchemy import Connection, Engine, Table, literal
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import ColumnElement
+
+JsonPath = Sequence[str]
+# Execution option marking a transaction that will write (SQLite begins it IMMEDIATE).
+WRITE_OPTION = "orion_sql_write"
+
+
+class ErrorKind(enum.Enum):
+    """What a database error means to the storage."""
+
+    UNIQUE_VIOLATION = "unique"  # -> DuplicateKeyError
+    MISSING_REFERENCE = "foreign key"  # a row refers to one that does not exist
+    TRANSIENT = "transient"  # deadlock, serialization failure, busy: safe to retry
+    LOCK_NOT_AVAILABLE = "lock not available"  # lock timeout or NOWAIT refused
+    DISCONNECT = "disconnect"  # retry only what is safe to repeat
+
+
+class Dialect:
+    """Database-specific behaviour behind one interface."""
+
+    name: str
+    # Whether a transaction can hold a row lock that others wait on (see algo_lock).
+    has_row_locks: bool
+
+    def engine_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for `sqlalchemy.create_engine`."""
+        raise NotImplementedError
+
+    def prepare_engine(self, engine: Engine) -> None:
+        """Install per-connection settings and transaction handling on a new engine."""
+
+    def now(self, minus: datetime.timedelta | None = None) -> ColumnElement[datetime.datetime]:
+        """The database server's clock as naive UTC, optionally `minus` a duration."""
+        raise NotImplementedError
+
+    def classify(self, error: DBAPIError) -> ErrorKind | None:
+        """What a database error means, or None when it means nothing special."""
+        if error.connection_invalidated:
+            return ErrorKind.DISCONNECT
+        return None
+
+    def sync_id_sequence(self, conn: Connection, table: Table, explicit_id: int) -> None:
+        """After inserting an explicit id, keep future generated ids clear of it."""
+
+    def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
+        """Inside a transaction: wait at most `seconds` for a row lock (row-locking databases)."""
+        raise NotImplementedError(f"{self.name} has no row locks")
+
+    def lock_for_migration(self, conn: Connection) -> None:
+        """Inside a write transaction: make concurrent schema initialisations wait."""
+
+    # --- JSON documents ---------------------------------------------------------
+    # `kind` names are canonical: null, boolean, number, string, array, object.
+
+    def json_kind_in(self, doc: ColumnElement, path: JsonPath, kinds: Sequence[str]) -> ColumnElement[bool]:
+        """True where the value at `path` exists and is of one of `kinds`."""
+        raise NotImplementedError
+
+    def json_exists(self, doc: ColumnElement, path: JsonPath) -> ColumnElement[bool]:
+        """True where `path` exists in the document (its value may be JSON null)."""
+        raise NotImplementedError
+
+    def json_text(self, doc: ColumnElement, path: JsonPath) -> ColumnElement[str]:
+        """The value at `path` as text: a string's characters, other values as JSON."""
+        raise NotImplementedError
+
+    def json_number(self, doc: ColumnElement, path: JsonPath) -> ColumnElement:
+        """The value at `path` as a number; only meaningful where it is one."""
+        raise NotImplementedError
+
+    def json_equals(self, doc: ColumnElement, path: JsonPath, json_text: str) -> ColumnElement[bool]:
+        """True where the value at `path` equals the JSON value `json_text`."""
+        raise NotImplementedError
+
+    def number_literal(self, value: int | float) -> ColumnElement:
+        """`value` as a SQL operand compared exactly with :meth:`json_number`."""
+        return literal(value)
+
+    def ordered_text(self, expression: ColumnElement[str]) -> ColumnElement[str]:
+        """A text expression that orders by code point, as Python compares strings."""
+        return expression

@@ -1,0 +1,98 @@
+"""PostgreSQL: many machines, row locks, the server's clock."""
+from __future__ import annotations
+
+import zlib
+
+from sqlalchemy import Engine, Numeric, Text, cast, event, func, literal, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.exc import DBAPIError
+
+from orion_sql.dialects.base import Dialect, ErrorKind, JsonPath
+from orion_sql.models import UtcDateTime
+
+# One advisory lock key for "the orion_sql schema is being initialised".
+MIGRATION_LOCK_KEY = zlib.crc32(b"orion_sql schema migration")
+# The server notices a vanished client (and drops its locks) within about a minute.
+KEEPALIVE_SETTINGS = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+
+_SQLSTATES = {
+    "23505": ErrorKind.UNIQUE_VIOLATION,
+    "23503": ErrorKind.MISSING_REFERENCE,
+    "40001": ErrorKind.TRANSIENT,  # serialization_failure
+    "40P01": ErrorKind.TRANSIENT,  # deadlock_detected
+    "55P03": ErrorKind.LOCK_NOT_AVAILABLE,
+}
+
+
+class PostgreSQLDialect(Dialect):
+    name = "postgresql"
+    has_row_locks = True
+
+    def engine_options(self):
+        return {
+            "pool_size": 2,
+            "max_overflow": 8,
+            "connect_args": {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10},
+        }
+
+    def prepare_engine(self, engine: Engine) -> None:
+        statement = "SELECT " + ", ".join(
+            f"set_config('{name}', '{value}', false)" for name, value in KEEPALIVE_SETTINGS.items()
+        )
+
+        @event.listens_for(engine, "connect")
+        def configure(dbapi_connection, _record):
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(statement)
+            dbapi_connection.commit()
+
+    def now(self, minus=None):
+        now = func.timezone("UTC", func.statement_timestamp(), type_=UtcDateTime)
+        return now - minus if minus else now
+
+    def classify(self, error: DBAPIError):
+        kind = _SQLSTATES.get(getattr(error.orig, "sqlstate", None))
+        return kind or super().classify(error)
+
+    def sync_id_sequence(self, conn, table, explicit_id):
+        conn.execute(
+            text(
+                "SELECT setval(seq, :id) FROM pg_get_serial_sequence(:table, 'id') AS seq"
+                " WHERE :id > coalesce(pg_sequence_last_value(seq::regclass), 0)"
+            ),
+            {"id": explicit_id, "table": table.name},
+        )
+
+    def set_lock_timeout(self, conn, seconds):
+        milliseconds = max(1, round(seconds * 1000))  # 0 would mean "wait forever"
+        conn.execute(select(func.set_config("lock_timeout", f"{milliseconds}ms", True)))
+
+    def lock_for_migration(self, conn):
+        conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+
+    @staticmethod
+    def _at(doc, path: JsonPath):
+        return doc.op("#>", return_type=JSONB)(cast(list(path), ARRAY(Text)))
+
+    def json_kind_in(self, doc, path, kinds):
+        return func.jsonb_typeof(self._at(doc, path)).in_(kinds)
+
+    def json_exists(self, doc, path):
+        return self._at(doc, path).is_not(None)
+
+    def json_text(self, doc, path):
+        return doc.op("#>>", return_type=Text)(cast(list(path), ARRAY(Text)))
+
+    def json_number(self, doc, path):
+        return cast(self.json_text(doc, path), Numeric)
+
+    def number_literal(self, value):
+        # Documents hold decimal text; compare in NUMERIC against the float's shortest
+        # decimal form, which orders and equals exactly as Python's floats do.
+        return cast(literal(repr(value)), Numeric)
+
+    def json_equals(self, doc, path, json_text):
+        return self._at(doc, path) == cast(json_text, JSONB)
+
+    def ordered_text(self, expression):
+        return expression.collate("C")

@@ -1,0 +1,105 @@
+"""SQLite: one file, many local processes.
+
+WAL lets readers run beside the single writer; every write transaction starts
+with ``BEGIN IMMEDIATE`` so that writers queue on the busy timeout instead of
+failing when a read transaction tries to become a write one.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+
+from sqlalchemy import Engine, event, func, literal
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from orion_sql.dialects.base import WRITE_OPTION, Dialect, ErrorKind, JsonPath
+from orion_sql.models import UtcDateTime
+
+# How long a writer waits for the file lock before SQLite reports "database is locked".
+BUSY_TIMEOUT_SECONDS = 60
+
+_KINDS = {
+    "null": ("null",),
+    "boolean": ("true", "false"),
+    "number": ("integer", "real"),
+    "string": ("text",),
+    "array": ("array",),
+    "object": ("object",),
+}
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+    has_row_locks = False
+
+    def engine_options(self):
+        return {
+            # The driver must not begin transactions itself: the "begin" hook does.
+            "connect_args": {
+                "timeout": BUSY_TIMEOUT_SECONDS,
+                "isolation_level": None,
+                "check_same_thread": False,
+            },
+            "pool_size": 2,
+            "max_overflow": 8,
+        }
+
+    def prepare_engine(self, engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
+        def configure(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def begin(conn):
+            immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    def now(self, minus=None):
+        # The file lives on this machine: its clock is the "server" clock.
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        return literal(now - (minus or datetime.timedelta()), UtcDateTime)
+
+    def classify(self, error: DBAPIError):
+        message = str(error.orig)
+        if "UNIQUE constraint failed" in message:
+            return ErrorKind.UNIQUE_VIOLATION
+        if "FOREIGN KEY constraint failed" in message:
+            return ErrorKind.MISSING_REFERENCE
+        if isinstance(error, OperationalError) and (
+            "database is locked" in message or "database table is locked" in message
+        ):
+            return ErrorKind.TRANSIENT
+        return super().classify(error)
+
+    @staticmethod
+    def _path(path: JsonPath) -> str:
+        return "$" + "".join("." + json.dumps(key) for key in path)
+
+    def json_kind_in(self, doc, path, kinds):
+        names = [name for kind in kinds for name in _KINDS[kind]]
+        return func.json_type(doc, self._path(path)).in_(names)
+
+    def json_exists(self, doc, path):
+        return func.json_type(doc, self._path(path)).is_not(None)
+
+    def json_text(self, doc, path):
+        return func.json_extract(doc, self._path(path))
+
+    def json_number(self, doc, path):
+        return func.json_extract(doc, self._path(path))
+
+    def json_equals(self, doc, path, json_text):
+        value = json.loads(json_text)
+        kind = func.json_type(doc, self._path(path))
+        if value is None or isinstance(value, bool):
+            # json_extract turns these into SQL NULL, 1 and 0: compare their JSON type.
+            return kind == json.dumps(value)
+        if isinstance(value, (list, dict)):
+            return (kind == ("array" if isinstance(value, list) else "object")) & (
+                func.json_extract(doc, self._path(path)) == func.json(json_text)
+            )
+        raise ValueError(f"json_equals compares null, booleans, arrays and objects, not {value!r}")

@@ -1,0 +1,131 @@
+"""Where the database is, and the SQLAlchemy engine that reaches it.
+
+One function, :func:`resolve_url`, answers "which database" for the storage, the
+`orion-sql` command and Alembic alike: an explicit URL, else Oríon's
+``storage.database.host`` (what ``ORION_DB_ADDRESS`` sets), else the embedded
+SQLite file beside PickledDB's ``orion_db.pkl``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import orion.core
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from orion_sql import codec
+from orion_sql.dialects import dialect_for
+
+EXAMPLE_URL = "postgresql+psycopg://user:password@db.example.org:5432/orion"
+DEFAULT_SQLITE_PATH = os.path.join(orion.core.DIRS.user_data_dir, "orion", "orion_db.sqlite")
+
+# Drivers we ship and test, by the URL's backend name.
+_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+# Oríon's legacy `database` keys that name nothing for SQL, with the values Oríon fills in.
+_LEGACY_DATABASE_DEFAULTS = {"type": {"pickleddb", "sql"}, "name": {"orion"}, "port": {"27017"}}
+
+
+class ConfigurationError(ValueError):
+    """The storage configuration does not name a database orion_sql can use."""
+
+
+def redact(url: URL | str) -> str:
+    """The URL as text with its password hidden, for logs, errors and reprs."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except ArgumentError:
+            return url
+    return url.render_as_string(hide_password=True)
+
+
+def resolve_url(uri: Optional[str] = None, database: Optional[Mapping[str, Any]] = None) -> URL:
+    """The database URL for the given storage configuration.
+
+    `uri` (the Python API's keyword) wins; then `database["host"]`; then the
+    embedded SQLite default. A plain path means a SQLite file.
+    """
+    _check_legacy_database_keys(database or {})
+    if uri:
+        return _parse(uri, source="uri")
+    host = (database or {}).get("host")
+    if host:
+        return _parse(host, source="storage.database.host (ORION_DB_ADDRESS)")
+    return sqlite_url(DEFAULT_SQLITE_PATH)
+
+
+def configured_url(uri: Optional[str] = None) -> URL:
+    """The database Oríon's configuration names (ORION_DB_ADDRESS, config files), or `uri`."""
+    return resolve_url(uri, {"host": orion.core.config.storage.database.host})
+
+
+def sqlite_url(path: str) -> URL:
+    """URL of a SQLite file, made absolute so that workers elsewhere find the same file."""
+    return URL.create("sqlite+pysqlite", database=os.path.abspath(os.path.expanduser(path)))
+
+
+def _parse(text: str, source: str) -> URL:
+    if "://" not in text:
+        return sqlite_url(text)
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise ConfigurationError(
+            f"{source}: {redact(text)!r} is not a database URL; expected for example "
+            f"{EXAMPLE_URL!r} or a path to a SQLite file"
+        ) from None
+    backend = url.get_backend_name()
+    if backend not in _DRIVERS:
+        raise ConfigurationError(
+            f"{source}: {redact(url)!r} is not a database the sql storage supports "
+            f"(supported: SQLite and PostgreSQL); expected for example {EXAMPLE_URL!r} "
+            f"or a path to a SQLite file"
+        )
+    url = url.set(drivername=_DRIVERS[backend])
+    if backend != "sqlite":
+        return url
+    if url.database in (None, "", ":memory:"):
+        raise ConfigurationError(
+            f"{source}: {redact(url)!r} is an in-memory SQLite database, which every "
+            f"connection and worker would see empty; give a file path instead"
+        )
+    return sqlite_url(url.database)
+
+
+def _check_legacy_database_keys(database: Mapping[str, Any]) -> None:
+    """Refuse `storage.database` keys that would be silently ignored.
+
+    Oríon fills `type`, `name` and `port` with its legacy defaults, so those
+    values are accepted; anything else set there is a mistake worth naming.
+    """
+    for key, value in database.items():
+        if key == "host":
+            continue
+        if key not in _LEGACY_DATABASE_DEFAULTS:
+            raise ConfigurationError(
+                f"storage.database.{key} is not a setting of the sql storage; "
+                f"give the database as storage.database.host, e.g. {EXAMPLE_URL!r}"
+            )
+        if str(value).lower() not in _LEGACY_DATABASE_DEFAULTS[key]:
+            raise ConfigurationError(
+                f"storage.database.{key}={value!r} is not used by the sql storage; "
+                f"put everything in storage.database.host as a URL, e.g. {EXAMPLE_URL!r}"
+            )
+
+
+def build_engine(url: URL) -> Engine:
+    """An engine for `url`, tuned by its dialect, with exact JSON through the codec."""
+    dialect = dialect_for(url)
+    if url.get_backend_name() == "sqlite":
+        os.makedirs(os.path.dirname(url.database), exist_ok=True)
+    engine = create_engine(
+        url,
+        json_serializer=codec.dumps,
+        json_deserializer=codec.loads,
+        pool_pre_ping=True,
+        **dialect.engine_options(),
+    )
+    dialect.prepare_engine(engine)
+    return engine
