@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
+    TypeDecorator,
     CheckConstraint,
     DateTime,
     Float,
@@ -25,14 +26,33 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
+from orion_sql import codec
+
 TRIAL_STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
 PENDING_STATUSES = ("new", "suspended", "interrupted")
 PARAM_TYPES = ("integer", "real", "categorical", "fidelity")
 RESULT_TYPES = ("objective", "constraint", "gradient", "statistic", "lie")
 
+
+
+class _JsonText(TypeDecorator):
+    """JSON in a TEXT column. SQLite gives a column declared JSON numeric affinity,
+    which would turn the text 0.0 into the integer 0."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return codec.dumps(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else codec.loads(value)
+
+
 # Documents are queried by key, so PostgreSQL keeps them as JSONB; value columns keep
-# the exact text the codec wrote, so PostgreSQL keeps them as JSON (text, validated).
+# the exact text the codec wrote: JSON (text, validated) on PostgreSQL, TEXT on SQLite.
 Document = JSON().with_variant(JSONB(), "postgresql")
+ExactJson = JSON().with_variant(_JsonText(), "sqlite")
 # Naive UTC, microseconds, on every database.
 UtcDateTime = DateTime(timezone=False)
 
@@ -114,7 +134,7 @@ class _TrialValue:
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(Text)
     type: Mapped[Optional[str]] = mapped_column(String(16))
-    value: Mapped[Any] = mapped_column(JSON)  # exact round trip, through the codec
+    value: Mapped[Any] = mapped_column(ExactJson)  # exact round trip, through the codec
     numeric_value: Mapped[Optional[float]] = mapped_column(Float(53))
     text_value: Mapped[Optional[str]] = mapped_column(Text)
 

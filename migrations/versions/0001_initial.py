@@ -15,6 +15,9 @@ depends_on = None
 
 # Frozen copies of the column types of this revision (models may change later).
 DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+# Exact values: JSON text on PostgreSQL; TEXT on SQLite, where a column declared JSON
+# would have numeric affinity and store the text 0.0 as the integer 0.
+EXACT_JSON = sa.JSON().with_variant(sa.Text(), "sqlite")
 STATUSES = "'new', 'reserved', 'suspended', 'completed', 'interrupted', 'broken'"
 PARAM_TYPES = "'integer', 'real', 'categorical', 'fidelity'"
 RESULT_TYPES = "'objective', 'constraint', 'gradient', 'statistic', 'lie'"
@@ -27,7 +30,7 @@ def _value_table(name: str, allowed_types: str) -> None:
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=True),
-        sa.Column("value", sa.JSON(), nullable=False),
+        sa.Column("value", EXACT_JSON, nullable=False),
         sa.Column("numeric_value", sa.Float(precision=53), nullable=True),
         sa.Column("text_value", sa.Text(), nullable=True),
         sa.CheckConstraint(f"type IN ({allowed_types})", name=op.f(f"ck_{name}_type")),
