@@ -203,9 +203,9 @@ def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
                 )
             if kind is datetime.datetime and value.tzinfo is not None:
                 raise ValueError(f"trial field {key!r} must be a naive UTC datetime, got {value!r}")
+        if key in ("status", "experiment") and value is None:
+            raise ValueError(f"trial field {key!r} cannot be None")
         if key == "status":
-            if value is None:
-                raise ValueError("trial field 'status' cannot be None")
             validate_status(value)
         columns[column] = value
     return columns
