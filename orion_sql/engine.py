@@ -8,9 +8,11 @@ SQLite file beside PickledDB's ``orion_db.pkl``.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Mapping, Optional
 
 import orion.core
+import yaml
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -31,13 +33,17 @@ class ConfigurationError(ValueError):
     """The storage configuration does not name a database orion_sql can use."""
 
 
+# `scheme://user:password@` in text SQLAlchemy cannot parse.
+_PASSWORD_IN_TEXT = re.compile(r"(://[^/@:]*:).*@")  # up to the last @: a password may hold / or @
+
+
 def redact(url: URL | str) -> str:
     """The URL as text with its password hidden, for logs, errors and reprs."""
     if isinstance(url, str):
         try:
             url = make_url(url)
-        except ArgumentError:
-            return url
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+            return _PASSWORD_IN_TEXT.sub(r"\1***@", url)
     return url.render_as_string(hide_password=True)
 
 
@@ -56,9 +62,44 @@ def resolve_url(uri: Optional[str] = None, database: Optional[Mapping[str, Any]]
     return sqlite_url(DEFAULT_SQLITE_PATH)
 
 
-def configured_url(uri: Optional[str] = None) -> URL:
-    """The database Oríon's configuration names (ORION_DB_ADDRESS, config files), or `uri`."""
-    return resolve_url(uri, {"host": orion.core.config.storage.database.host})
+def configured_url(uri: Optional[str] = None, config_file: Optional[str] = None) -> URL:
+    """The database `orion-sql` and Alembic work on, found as Oríon's storage finds it.
+
+    `uri` (``--url``, ``-x url=``) wins; then the `config_file`'s
+    ``storage.database`` (as ``orion hunt -c`` reads it); then Oríon's global
+    configuration (``ORION_DB_ADDRESS``, its config files); then the embedded default.
+    """
+    database = dict(_config_file_database(config_file)) if config_file else {}
+    database["host"] = database.get("host") or orion.core.config.storage.database.host
+    return resolve_url(uri, database)
+
+
+def _config_file_database(path: str) -> Mapping[str, Any]:
+    """The ``storage.database`` section of an Oríon configuration file."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = yaml.safe_load(file)
+    except OSError as error:
+        raise ConfigurationError(f"cannot read configuration file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise ConfigurationError(f"configuration file {path} is not valid YAML: {problem}") from None
+    storage = _mapping(_mapping(config or {}, path, "the file").get("storage") or {}, path, "storage")
+    unknown = sorted(set(storage) - {"type", "database"})
+    if unknown:
+        raise ConfigurationError(
+            f"{path}: storage.{unknown[0]} is not read by Oríon's command line; "
+            f"give the database as storage.database.host, e.g. {EXAMPLE_URL!r}"
+        )
+    if storage.get("type", "sql") != "sql":
+        raise ConfigurationError(f"{path}: storage.type is {storage['type']!r}; orion-sql works on the 'sql' storage")
+    return _mapping(storage.get("database") or {}, path, "storage.database")
+
+
+def _mapping(value: Any, path: str, name: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{path}: {name} must be a mapping, not a {type(value).__name__}")
+    return value
 
 
 def sqlite_url(path: str) -> URL:
@@ -71,7 +112,7 @@ def _parse(text: str, source: str) -> URL:
         return sqlite_url(text)
     try:
         url = make_url(text)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigurationError(
             f"{source}: {redact(text)!r} is not a database URL; expected for example "
             f"{EXAMPLE_URL!r} or a path to a SQLite file"

@@ -53,6 +53,11 @@ def head_revision() -> str:
     return script_directory().get_current_head()
 
 
+def revisions() -> list[str]:
+    """Every revision this package ships, oldest first."""
+    return [script.revision for script in reversed(list(script_directory().walk_revisions()))]
+
+
 def current_revision(conn: Connection) -> Optional[str]:
     """The revision the database is at, None if it has no orion_sql schema."""
     context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
@@ -64,15 +69,29 @@ def state_of(revision: Optional[str]) -> SchemaState:
         return SchemaState.EMPTY
     if revision == head_revision():
         return SchemaState.CURRENT
-    known = {script.revision for script in script_directory().walk_revisions()}
-    return SchemaState.OUTDATED if revision in known else SchemaState.NEWER
+    return SchemaState.OUTDATED if revision in revisions() else SchemaState.NEWER
 
 
-def migrate(database: Database, alembic_command: Callable[[Config], None]) -> None:
-    """Run an Alembic command in one write transaction that other migrators wait for."""
+def migrate(database: Database, alembic_command: Callable[[Config], None]) -> tuple[Optional[str], Optional[str]]:
+    """Run an Alembic command in one write transaction that other migrators wait for.
+
+    Returns the revisions before and after it, as read inside that transaction.
+    """
     with database.transaction(write=True) as conn:
         database.dialect.lock_for_migration(conn)
+        before = current_revision(conn)
         alembic_command(alembic_config(conn))
+        return before, current_revision(conn)
+
+
+def upgrade(database: Database, revision: str = "head") -> tuple[Optional[str], Optional[str]]:
+    """Run the revisions up to `revision`; returns the revisions before and after."""
+    return migrate(database, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(database: Database, revision: str) -> tuple[Optional[str], Optional[str]]:
+    """Undo the revisions down to `revision` ("base": none left); returns before and after."""
+    return migrate(database, lambda config: command.downgrade(config, revision))
 
 
 def ensure_schema(database: Database) -> None:

@@ -1,0 +1,219 @@
+"""The `orion-sql` command: the schema lifecycle of an orion_sql database.
+
+Oríon's own `orion db upgrade` only knows its legacy storage; this command runs
+orion_sql's Alembic revisions, with the manners of Oríon's CLI (a warning, a
+y/N prompt, ``-f/--force``, ``-c/--config``). The database is found as the
+storage finds it (see :func:`orion_sql.engine.configured_url`).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from typing import Optional, Sequence
+
+from alembic.util import CommandError
+from sqlalchemy.exc import DBAPIError
+
+from orion_sql import __version__
+from orion_sql.database import Database
+from orion_sql.engine import ConfigurationError, configured_url, redact
+from orion_sql.schema import SchemaState, current_revision, downgrade, head_revision, state_of, upgrade
+
+EXIT_ERROR = 1  # argparse itself exits with 2 on a usage error
+EXIT_INTERRUPTED = 130
+STATE_EXIT_CODES = {
+    SchemaState.CURRENT: 0,
+    SchemaState.OUTDATED: 3,
+    SchemaState.NEWER: 4,
+    SchemaState.EMPTY: 5,
+}
+BACKUP_WARNING = (
+    "Changing the schema of your database may damage your data. Make a backup first, and stop "
+    "every other process that may read or write the database until this is done."
+)
+
+
+class CommandFailed(Exception):
+    """An expected failure, reported as one line on stderr."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `orion-sql` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    if args.verbose:
+        logging.getLogger("alembic").setLevel(logging.INFO)
+    url = None
+    try:
+        url = configured_url(args.url, args.config)
+        database = Database(url)
+        try:
+            return args.run(database, args)
+        finally:
+            database.dispose()
+    except (CommandFailed, ConfigurationError, CommandError) as error:
+        return _fail(_first_line(error), url)
+    except DBAPIError as error:
+        return _fail(f"cannot use the database {redact(url)}: {_first_line(error.orig)}", url)
+    except OSError as error:  # e.g. the SQLite file's folder cannot be created
+        return _fail(f"cannot use the database {redact(url)}: {error}", url)
+    except KeyboardInterrupt:
+        _fail("interrupted", url)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orion-sql",
+        description="Schema upgrades of the Oríon `sql` storage (SQLite, PostgreSQL).",
+    )
+    parser.add_argument(
+        "-V", "--version", action="version",
+        version=f"orion-sql {__version__} (schema head {head_revision()})",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each revision as it runs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    upgrade_parser = commands.add_parser(
+        "upgrade", help="run the schema revisions up to this package's head",
+        description="Run the schema revisions up to this package's head; an empty database gets the whole schema.",
+    )
+    _add_database_options(upgrade_parser, prompt=True)
+    upgrade_parser.set_defaults(run=run_upgrade)
+
+    current_parser = commands.add_parser(
+        "current", help="show the database's revision and whether it is up to date",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Show the database's revision, this package's head, and the state of the schema.",
+        epilog=textwrap.dedent(
+            """\
+            exit codes:
+              0  up to date: the database is at this package's head
+              3  outdated: at an older revision; run `orion-sql upgrade`
+              4  newer: at a revision this orion_sql does not know; upgrade orion_sql
+              5  empty: no orion_sql schema yet (`orion-sql upgrade` or the storage creates it)
+              1  error: the database could not be found or read (2: bad command line)"""
+        ),
+    )
+    _add_database_options(current_parser, prompt=False)
+    current_parser.set_defaults(run=run_current)
+
+    downgrade_parser = commands.add_parser(
+        "downgrade", help="undo schema revisions down to REV",
+        description="Undo schema revisions down to REV, to roll an orion_sql release back. "
+        "Data stored in what those revisions added is lost.",
+    )
+    downgrade_parser.add_argument("revision", metavar="REV", help="a revision id, or `base` to remove the whole schema")
+    _add_database_options(downgrade_parser, prompt=True)
+    downgrade_parser.set_defaults(run=run_downgrade)
+    return parser
+
+
+def _add_database_options(parser: argparse.ArgumentParser, prompt: bool) -> None:
+    """--url and -c (which database), and -f for the commands that ask first."""
+    if prompt:
+        parser.add_argument("-f", "--force", action="store_true", help="don't prompt user")
+    where = parser.add_argument_group(
+        "database",
+        "Found as the sql storage finds it: --url, else the config file's "
+        "storage.database.host, else ORION_DB_ADDRESS (or Oríon's global config), "
+        "else the embedded SQLite file in Oríon's user data folder.",
+    )
+    where.add_argument("--url", help="SQLAlchemy URL (postgresql+psycopg://user@host/db) or SQLite file path")
+    where.add_argument("-c", "--config", metavar="path-to-config", help="user provided orion configuration file")
+
+
+def run_upgrade(database: Database, args: argparse.Namespace) -> int:
+    revision, state = _state(database)
+    head = head_revision()
+    if state is SchemaState.NEWER:
+        raise CommandFailed(_newer_message(revision))
+    if state is SchemaState.CURRENT:
+        print(f"{redact(database.url)} is already at head {head}; nothing to do.")
+        return 0
+    if not _confirmed(args, f"Upgrade {redact(database.url)} from {_name(revision)} to {head}?"):
+        return 0
+    before, after = upgrade(database)
+    print(f"Upgraded {redact(database.url)} from {_name(before)} to {_name(after)}.")
+    return 0
+
+
+def run_current(database: Database, args: argparse.Namespace) -> int:
+    revision, state = _state(database)
+    print(f"database: {redact(database.url)}")
+    print(f"revision: {_name(revision)}")
+    print(f"head:     {head_revision()} (orion_sql {__version__})")
+    print(f"state:    {state.value}")
+    if state is SchemaState.OUTDATED:
+        print("Run `orion-sql upgrade` to bring it to head.")
+    elif state is SchemaState.NEWER:
+        print(_newer_message(revision))
+    return STATE_EXIT_CODES[state]
+
+
+def run_downgrade(database: Database, args: argparse.Namespace) -> int:
+    revision, state = _state(database)
+    if state is SchemaState.NEWER:
+        raise CommandFailed(_newer_message(revision))
+    if state is SchemaState.EMPTY:
+        print(f"{redact(database.url)} has no orion_sql schema; nothing to downgrade.")
+        return 0
+    if not _confirmed(args, f"Downgrade {redact(database.url)} from {revision} to {args.revision}?"):
+        return 0
+    before, after = downgrade(database, args.revision)
+    print(f"Downgraded {redact(database.url)} from {_name(before)} to {_name(after)}.")
+    return 0
+
+
+def _state(database: Database) -> tuple[Optional[str], SchemaState]:
+    with database.transaction() as conn:
+        revision = current_revision(conn)
+    return revision, state_of(revision)
+
+
+def _confirmed(args: argparse.Namespace, question: str) -> bool:
+    """Oríon's manners: warn, then ask y/N unless --force. Refusing changes nothing."""
+    print(BACKUP_WARNING)
+    if args.force:
+        return True
+    answer = None
+    while answer not in ("y", "yes", "n", "no"):
+        answer = _ask(f"{question} (y/N) ").strip().lower() or "n"
+    if answer in ("n", "no"):
+        print("Cancelled; the database was not changed.")
+        return False
+    return True
+
+
+def _ask(question: str) -> str:
+    try:
+        return input(question)
+    except EOFError:
+        raise CommandFailed("no answer on standard input; use -f/--force to proceed without asking") from None
+
+
+def _name(revision: Optional[str]) -> str:
+    return revision or "base (no orion_sql schema)"
+
+
+def _newer_message(revision: str) -> str:
+    return (
+        f"the database is at revision {revision}, which orion_sql {__version__} does not know "
+        f"(its head is {head_revision()}): it was upgraded by a newer orion_sql; install that one"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _fail(message: str, url) -> int:
+    """One line on stderr, never a password, even one echoed back by a driver."""
+    password = getattr(url, "password", None)
+    if password:
+        message = message.replace(str(password), "***")
+    print(f"orion-sql: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
