@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 
 from orion_sql.engine import DEFAULT_SQLITE_PATH
 
@@ -55,7 +56,8 @@ def orion(*args: str) -> None:
         # Oríon warns at import about optional extras (profet) the demo does not use.
         "PYTHONWARNINGS": "ignore::RuntimeWarning",
     }
-    subprocess.run([os.path.join(BIN, "orion"), *args], env=environment, check=True)
+    # Oríon creates its temporary trial folders in the current directory: not the checkout.
+    subprocess.run([os.path.join(BIN, "orion"), *args], env=environment, check=True, cwd=tempfile.gettempdir())
 
 
 def main() -> None:
