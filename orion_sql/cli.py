@@ -1,9 +1,11 @@
-"""The `orion-sql` command: the schema lifecycle of an orion_sql database.
+"""The `orion-sql` command: the schema lifecycle of an orion_sql database, and moving data in and out.
 
 Oríon's own `orion db upgrade` only knows its legacy storage; this command runs
 orion_sql's Alembic revisions, with the manners of Oríon's CLI (a warning, a
-y/N prompt, ``-f/--force``, ``-c/--config``). The database is found as the
-storage finds it (see :func:`orion_sql.engine.configured_url`).
+y/N prompt, ``-f/--force``, ``-c/--config``). `import` and `export` copy
+experiments from and to Oríon's legacy storage (see :mod:`orion_sql.importer`
+and :mod:`orion_sql.exporter`).
+The database is found as the storage finds it (see :func:`orion_sql.engine.configured_url`).
 """
 from __future__ import annotations
 
@@ -15,11 +17,16 @@ from typing import Optional, Sequence
 
 from alembic.util import CommandError
 from sqlalchemy.exc import DBAPIError
+from tqdm import tqdm
 
 from orion_sql import __version__
 from orion_sql.database import Database
 from orion_sql.engine import ConfigurationError, configured_url, redact
+from orion_sql.exporter import export_to_pickleddb
+from orion_sql.importer import ConflictError, import_documents
+from orion_sql.legacy_db import LegacyDatabaseError, describe, read_source
 from orion_sql.schema import SchemaState, current_revision, downgrade, head_revision, state_of, upgrade
+from orion_sql.transfer import TransferError
 
 EXIT_ERROR = 1  # argparse itself exits with 2 on a usage error
 EXIT_INTERRUPTED = 130
@@ -67,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orion-sql",
-        description="Schema upgrades of the Oríon `sql` storage (SQLite, PostgreSQL).",
+        description="Schema upgrades, import and export of the Oríon `sql` storage (SQLite, PostgreSQL).",
     )
     parser.add_argument(
         "-V", "--version", action="version",
@@ -108,6 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade_parser.add_argument("revision", metavar="REV", help="a revision id, or `base` to remove the whole schema")
     _add_database_options(downgrade_parser, prompt=True)
     downgrade_parser.set_defaults(run=run_downgrade)
+
+    import_parser = commands.add_parser(
+        "import", help="copy every experiment of a PickledDB file or a MongoDB database into this database",
+        description="Copy experiments (with their trials, EVC links and algorithm state) and benchmarks from "
+        "Oríon's legacy storage into this database, in one transaction. Experiments already present with "
+        "identical content are skipped; one present with different content stops the import, unless --overwrite.",
+    )
+    import_parser.add_argument(
+        "source", metavar="SOURCE",
+        help="a PickledDB file (Oríon's orion_db.pkl, or what `orion db dump` writes) or a MongoDB URL (mongodb://host/db)",
+    )
+    import_parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace experiments and benchmarks that exist with different content, trials included",
+    )
+    _add_database_options(import_parser, prompt=False)
+    import_parser.set_defaults(run=run_import)
+
+    export_parser = commands.add_parser(
+        "export", help="write every experiment of this database to a PickledDB file",
+        description="Write every experiment, trial, algorithm state and benchmark of this database to a "
+        "PickledDB file that Oríon's legacy storage opens and runs on. The file is replaced atomically.",
+    )
+    export_parser.add_argument("destination", metavar="DEST", help="the PickledDB file to write (e.g. orion_db.pkl)")
+    export_parser.add_argument("-f", "--force", action="store_true", help="replace DEST if it exists and is not empty")
+    _add_database_options(export_parser, prompt=False)
+    export_parser.set_defaults(run=run_export)
     return parser
 
 
@@ -165,6 +199,62 @@ def run_downgrade(database: Database, args: argparse.Namespace) -> int:
     before, after = downgrade(database, args.revision)
     print(f"Downgraded {redact(database.url)} from {_name(before)} to {_name(after)}.")
     return 0
+
+
+def run_import(database: Database, args: argparse.Namespace) -> int:
+    try:
+        documents = read_source(args.source)  # before the database is touched
+        _require_schema(database, allow_empty=True)  # an empty one gets the schema inside the import
+        summary = import_documents(database, documents, overwrite=args.overwrite, progress=_progress)
+    except ConflictError as error:
+        raise CommandFailed(f"{error} (use --overwrite to replace {'it' if len(error.labels) == 1 else 'them'})") from None
+    except (LegacyDatabaseError, TransferError) as error:
+        raise CommandFailed(str(error)) from None
+    for warning in summary.warnings:
+        print(f"orion-sql: warning: {warning}", file=sys.stderr)
+    print(
+        f"Imported {_count(summary.experiments, 'experiment')} ({_count(summary.trials, 'trial')}) and "
+        f"{_count(summary.benchmarks, 'benchmark')} from {describe(args.source)} into {redact(database.url)}"
+        + (f"; {summary.replaced} of them replaced what the database held" if summary.replaced else "")
+        + (f"; skipped {summary.skipped} already present" if summary.skipped else "")
+        + "."
+    )
+    return 0
+
+
+def run_export(database: Database, args: argparse.Namespace) -> int:
+    _require_schema(database, allow_empty=False)
+    try:
+        summary = export_to_pickleddb(database, args.destination, force=args.force, progress=_progress)
+    except LegacyDatabaseError as error:
+        raise CommandFailed(str(error)) from None
+    except OSError as error:  # the file, not the database
+        raise CommandFailed(f"cannot write {args.destination}: {error.strerror or error}") from None
+    print(
+        f"Exported {_count(summary.experiments, 'experiment')} ({_count(summary.trials, 'trial')}) and "
+        f"{_count(summary.benchmarks, 'benchmark')} from {redact(database.url)} to {args.destination}."
+    )
+    return 0
+
+
+def _require_schema(database: Database, allow_empty: bool) -> None:
+    """Refuse a database whose schema is not at head (an empty one too, unless `allow_empty`)."""
+    revision, state = _state(database)
+    if state is SchemaState.NEWER:
+        raise CommandFailed(_newer_message(revision))
+    if state is SchemaState.OUTDATED:
+        raise CommandFailed(f"{redact(database.url)} is at revision {revision}; run `orion-sql upgrade` first")
+    if state is SchemaState.EMPTY and not allow_empty:
+        raise CommandFailed(f"{redact(database.url)} has no orion_sql schema; there is nothing to export")
+
+
+def _progress(**options):
+    """Progress bars on stderr, shown only where stderr is a terminal."""
+    return tqdm(file=sys.stderr, disable=None, dynamic_ncols=True, **options)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _state(database: Database) -> tuple[Optional[str], SchemaState]:
