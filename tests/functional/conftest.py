@@ -1,0 +1,198 @@
+"""Fixtures for the functional suite: Oríon's own CLI and Python API on `storage: type: sql`.
+
+Every `orion` subprocess runs with HOME and the XDG folders in the test's tmp dir
+and no inherited ORION_* variable, so the user's global Oríon config and data
+(PickledDB's orion_db.pkl) are neither read nor written. The database is given
+either by a config file (`storage.database.host`) or by the environment
+(ORION_STORAGE_TYPE=sql, ORION_DB_ADDRESS), the two ways Oríon 0.2.7 offers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pytest
+import yaml
+from orion.core.worker.trial_pacemaker import TrialPacemaker
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from orion_sql import SQL
+from orion_sql.database import Database
+from orion_sql.engine import resolve_url
+from orion_sql.models import Base
+
+ORION = str(Path(sys.executable).with_name("orion"))
+BLACKBOX = Path(__file__).with_name("blackbox.py")
+COMMAND_TIMEOUT_SECONDS = 180
+TABLES = Base.metadata.sorted_tables
+
+
+class OrionCLI:
+    """Oríon's command line on one database, isolated from the user's Oríon setup.
+
+    `via="file"` passes the database in a config file (``-c``), `via="env"` in
+    ORION_STORAGE_TYPE/ORION_DB_ADDRESS.
+    """
+
+    def __init__(self, tmp_path: Path, database_url: str):
+        self.url = database_url
+        self.cwd = tmp_path / "work"
+        self.cwd.mkdir()
+        # Outside any git repository, so that Oríon records no VCS state that
+        # edits elsewhere could turn into a code-change branching event.
+        self.blackbox = str(shutil.copy(BLACKBOX, tmp_path / "blackbox.py"))
+        self.config = tmp_path / "orion_config.yaml"
+        self.config.write_text(yaml.safe_dump({"storage": {"type": "sql", "database": {"host": database_url}}}))
+        self.home = home = tmp_path / "home"
+        isolated = {
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share"),
+            # Oríon warns at import about optional extras (profet) nobody here uses.
+            "PYTHONWARNINGS": "ignore",
+        }
+        inherited = {key: value for key, value in os.environ.items() if not key.startswith("ORION_")}
+        # The environment gives a SQLite database as a plain path, the config file as a URL:
+        # both forms of storage.database.host get used.
+        address = make_url(database_url).database if database_url.startswith("sqlite") else database_url
+        self._environments = {
+            "file": {**inherited, **isolated},
+            "env": {**inherited, **isolated, "ORION_STORAGE_TYPE": "sql", "ORION_DB_ADDRESS": address},
+        }
+
+    def pickled_databases(self) -> list[Path]:
+        """PickledDB files in the isolated home: where a command that ignored the sql storage wrote."""
+        return sorted(self.home.rglob("orion_db.pkl"))
+
+    def script(self, *priors: str, blackbox: Optional[str] = None) -> list[str]:
+        """The user command `orion hunt` runs: the black box with these priors."""
+        return [sys.executable, blackbox or self.blackbox, *priors]
+
+    def start(self, *args: str, via: str = "env", stdin: Optional[str] = None) -> subprocess.Popen:
+        """Start `orion *args`; with via="file", ``-c <config>`` follows the (sub)command."""
+        args = list(args)
+        if via == "file":
+            position = 2 if args[0] == "db" else 1
+            args[position:position] = ["-c", str(self.config)]
+        process = subprocess.Popen(
+            [ORION, *args],
+            cwd=self.cwd,
+            env=self._environments[via],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        process.answers = stdin  # what `wait` types in
+        return process
+
+    def run(self, *args: str, via: str = "env", check: bool = True) -> subprocess.CompletedProcess:
+        """Run `orion *args` to its end; fails the test on a non-zero exit when `check`."""
+        return self.wait(self.start(*args, via=via), check=check)
+
+    def run_together(self, *commands: Sequence[str], via: str = "env") -> list[subprocess.CompletedProcess]:
+        """Run several `orion` commands at once (each a sequence of arguments); all must succeed."""
+        processes = [self.start(*command, via=via) for command in commands]
+        return [self.wait(process) for process in processes]
+
+    def wait(self, process: subprocess.Popen, check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            stdout, stderr = process.communicate(process.answers, timeout=COMMAND_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+            pytest.fail(f"{process.args} did not finish in {COMMAND_TIMEOUT_SECONDS}s:\n{stdout}\n{stderr}")
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        if check and result.returncode != 0:
+            pytest.fail(f"{result.args} exited with {result.returncode}:\n{stdout}\n{stderr}")
+        return result
+
+
+@pytest.fixture
+def orion_cli(tmp_path, database_url) -> OrionCLI:
+    """Oríon's CLI on a fresh database (once per dialect); checks nothing reached PickledDB."""
+    cli = OrionCLI(tmp_path, database_url)
+    yield cli
+    assert cli.pickled_databases() == [], "an orion command fell back to PickledDB"
+
+
+@pytest.fixture
+def sql_storage(database_url):
+    """The sql storage on the test's database, to compare with what the CLI shows."""
+    storage = SQL(uri=database_url)
+    yield storage
+    storage._db.dispose()
+
+
+@pytest.fixture
+def storage_config(database_url) -> dict:
+    """What the Python API takes as `storage=` for the test's database."""
+    return {"type": "sql", "uri": database_url}
+
+
+@pytest.fixture(autouse=True)
+def _no_orion_environment(monkeypatch):
+    """In-process Oríon reads ORION_* variables at each access: none may leak in from the shell."""
+    for key in list(os.environ):
+        if key.startswith("ORION_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def _stop_trial_pacemakers():
+    """A test that fails while holding a reserved trial leaves Oríon's (non-daemon) heartbeat
+    thread running, which would keep pytest from exiting: stop any such thread."""
+    yield
+    for thread in threading.enumerate():
+        if isinstance(thread, TrialPacemaker):
+            thread.stop()
+
+
+class Rows:
+    """Every row of every orion_sql table, read with SQLAlchemy, to see exactly what a command changed."""
+
+    def __init__(self, database_url: str):
+        self.database = Database(resolve_url(database_url))
+
+    def snapshot(self) -> dict[str, dict[tuple, dict]]:
+        with self.database.transaction() as conn:
+            return {
+                table.name: {
+                    tuple(row[column.name] for column in table.primary_key.columns): dict(row)
+                    for row in conn.execute(select(table)).mappings()
+                }
+                for table in TABLES
+            }
+
+    @staticmethod
+    def diff(before: dict, after: dict) -> dict[str, dict]:
+        """Per table: the keys of rows added and removed, and {key: {column: (old, new)}} changed."""
+        changes = {}
+        for table in before:
+            old, new = before[table], after[table]
+            change = {
+                "added": set(new) - set(old),
+                "removed": set(old) - set(new),
+                "changed": {
+                    key: {column: (old[key][column], new[key][column]) for column in old[key] if old[key][column] != new[key][column]}
+                    for key in set(old) & set(new)
+                    if old[key] != new[key]
+                },
+            }
+            change = {kind: keys for kind, keys in change.items() if keys}
+            if change:
+                changes[table] = change
+        return changes
+
+
+@pytest.fixture
+def rows(database_url):
+    watcher = Rows(database_url)
+    yield watcher
+    watcher.database.dispose()
