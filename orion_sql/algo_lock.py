@@ -9,7 +9,8 @@ Two strategies behind one interface, chosen by the dialect:
 - :class:`LeaseLock` (SQLite, which has no row locks): a flag, an owner token and
   a heartbeat the holder refreshes from a background thread. A lock whose
   heartbeat is older than ``expiry`` seconds belongs to a dead holder and may be
-  taken over. Waiters poll with backoff, at most every ``retry_interval``.
+  taken over. Waiters poll with backoff, from 5 ms to 50 ms (or ``retry_interval``
+  if shorter).
 
 On success the new algorithm state is saved as the lock is released; on an
 exception inside the block the stored state is left as it was.
@@ -39,6 +40,9 @@ algo_locks = AlgoLockRow.__table__
 log = logging.getLogger(__name__)
 
 FIRST_POLL_SECONDS = 0.005
+# The longest pause between polls: a lock freed while its waiters sleep stays idle,
+# and with Oríon's 1 s retry_interval that idling was most of a busy experiment's time.
+LAST_POLL_SECONDS = 0.05
 
 
 def _locked_state(row, locked: bool) -> LockedAlgorithmState:
@@ -201,14 +205,14 @@ class LeaseLock(AlgorithmLock):
             row = self.database.run(lambda conn: conn.execute(statement).first(), write=True)
             if row is not None:
                 return row
-            if self.info(experiment_id) is None:
+            if pause == FIRST_POLL_SECONDS and self.info(experiment_id) is None:
                 raise self._missing(experiment_id)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockAcquisitionTimeout(
                     f"algorithm lock of experiment {experiment_id!r} still held after {timeout}s"
                 )
-            time.sleep(min(pause, retry_interval, remaining))
+            time.sleep(min(pause, retry_interval, LAST_POLL_SECONDS, remaining))
             pause *= 2
 
     def _give_back(self, experiment_id, owner: str, state) -> None:

@@ -2,7 +2,10 @@
 
 JSON columns hold strict JSON. Values JSON cannot say are written as one-key
 objects, in the manner of MongoDB's extended JSON, and come back as they went in:
-``{"$datetime": "2024-01-31T12:00:00.000001"}`` and ``{"$float": "inf"}``.
+``{"$datetime": "2024-01-31T12:00:00.000001"}`` and ``{"$float": "inf"}``. So are
+the floats PostgreSQL's JSONB would not give back as floats (it keeps numbers as
+decimals: 1e300 would come back as the integer 10**300, -0.0 as 0.0):
+``{"$float": "1e+300"}``, ``{"$float": "-0.0"}``.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ from orion.core.worker.trial import validate_status
 
 DATETIME_TAG = "$datetime"
 FLOAT_TAG = "$float"
-_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
 # --- JSON ----------------------------------------------------------------------
@@ -30,9 +32,10 @@ def to_json_safe(value: Any, path: str = "") -> Any:
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
-        if math.isfinite(value):
+        text = repr(value)  # 'nan', 'inf', '-inf', '-0.0', '1e+300', or a plain decimal
+        if math.isfinite(value) and "e+" not in text and text != "-0.0":
             return value
-        return {FLOAT_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+        return {FLOAT_TAG: text}
     if isinstance(value, datetime.datetime):
         return {DATETIME_TAG: value.isoformat(timespec="microseconds")}
     if isinstance(value, dict):
@@ -56,12 +59,20 @@ def from_json_safe(value: Any) -> Any:
             ((key, tagged),) = value.items()
             if key == DATETIME_TAG and isinstance(tagged, str):
                 return datetime.datetime.fromisoformat(tagged)
-            if key == FLOAT_TAG and tagged in _NON_FINITE:
-                return _NON_FINITE[tagged]
+            if key == FLOAT_TAG and isinstance(tagged, str) and _is_float_text(tagged):
+                return float(tagged)
         return {key: from_json_safe(item) for key, item in value.items()}
     if isinstance(value, list):
         return [from_json_safe(item) for item in value]
     return value
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def dumps(value: Any) -> str:

@@ -64,8 +64,7 @@ class Database:
     def transaction(self, write: bool = False) -> Iterator[Connection]:
         """One transaction, committed on success, rolled back on any exception."""
         with self.engine.connect() as conn:
-            if write:
-                conn.execution_options(**{WRITE_OPTION: True})
+            conn.execution_options(**({WRITE_OPTION: True} if write else self.dialect.read_options()))
             with conn.begin():
                 yield conn
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
 from orion.core.utils.flatten import flatten
-from sqlalchemy import and_, case, false, func, not_, or_, true
+from sqlalchemy import BigInteger, and_, case, false, func, literal, not_, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import codec
@@ -99,6 +99,8 @@ class _Target:
             return or_(false(), *(self.equals(item) for item in value))
         if operator == "$nin":
             return self.present() & not_(or_(false(), *(self.equals(item) for item in value)))
+        if isinstance(value, float) and math.isnan(value):
+            return false()  # NaN orders against nothing, as in Python
         return self.ordered(operator, value, key)
 
     def present(self) -> ColumnElement[bool]:
@@ -142,19 +144,29 @@ class _ColumnTarget(_Target):
     def present(self):
         return true()
 
+    @staticmethod
+    def _operand(value: Any) -> Any:
+        """`value` as bound. Integers bind as 64-bit, whatever the column's width (a 32-bit
+        parameter would overflow); beyond 64 bits, which no column holds, as +-infinity."""
+        if not isinstance(value, int) or isinstance(value, bool):
+            return value
+        if -(2**63) <= value < 2**63:
+            return literal(value, BigInteger)
+        return math.inf if value > 0 else -math.inf
+
     def equals(self, value):
         if value is None:
             return self.column.is_(None)
         if not self._accepts(value):
             return false()
-        return self.column.is_not(None) & (self.column == value)
+        return self.column.is_not(None) & (self.column == self._operand(value))
 
     def ordered(self, operator, value, key):
         if value is None or not self._accepts(value):
             raise ValueError(f"filter key {key!r}: cannot order {self.kind.__name__} values "
                              f"against {value!r}")
         column = self.dialect.ordered_text(self.column) if self.kind is str else self.column
-        return self.column.is_not(None) & ORDERINGS[operator](column, value)
+        return self.column.is_not(None) & ORDERINGS[operator](column, self._operand(value))
 
 
 class _JsonTarget(_Target):
@@ -190,7 +202,15 @@ class _JsonTarget(_Target):
         return case((self._kind_in(kind), expression), else_=None)
 
     def _number(self):
-        return self._typed("number", self.dialect.json_number(self.document, self.path))
+        """The value where it is a number, tagged floats included (NaN excepted); NULL elsewhere."""
+        tag = self._typed("object", self._tag_text(codec.FLOAT_TAG))
+        return case(
+            (self._kind_in("number"), self.dialect.json_number(self.document, self.path)),
+            (tag == "inf", self.dialect.number_literal(math.inf)),
+            (tag == "-inf", self.dialect.number_literal(-math.inf)),
+            (tag != "nan", self.dialect.text_number(tag)),
+            else_=None,
+        )
 
     def _string(self):
         return self._typed("string", self.dialect.json_text(self.document, self.path))
@@ -201,10 +221,8 @@ class _JsonTarget(_Target):
     def equals(self, value):
         if value is None or isinstance(value, (bool, list, tuple, dict)):
             match = self.dialect.json_equals(self.document, self.path, codec.dumps(value))
-        elif isinstance(value, float) and not math.isfinite(value):
-            if math.isnan(value):  # NaN equals nothing, itself included
-                return false()
-            match = self._typed("object", self._tag_text(codec.FLOAT_TAG)) == codec.to_json_safe(value)[codec.FLOAT_TAG]
+        elif isinstance(value, float) and math.isnan(value):
+            return false()  # NaN equals nothing, itself included
         elif _is_number(value):
             match = self._number() == self.dialect.number_literal(value)
         elif isinstance(value, str):
@@ -218,7 +236,7 @@ class _JsonTarget(_Target):
 
     def ordered(self, operator, value, key):
         compare = ORDERINGS[operator]
-        if _is_number(value) and math.isfinite(value):
+        if _is_number(value):
             match = compare(self._number(), self.dialect.number_literal(value))
         elif isinstance(value, str):
             match = compare(self.dialect.ordered_text(self._string()), value)
@@ -226,6 +244,6 @@ class _JsonTarget(_Target):
             text = value.isoformat(timespec="microseconds")
             match = compare(self.dialect.ordered_text(self._datetime_text()), text)
         else:
-            raise ValueError(f"filter key {key!r}: {operator} needs a finite number, a string "
+            raise ValueError(f"filter key {key!r}: {operator} needs a number, a string "
                              f"or a datetime, got {value!r}")
         return and_(self.present(), func.coalesce(match, false()))

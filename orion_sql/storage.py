@@ -7,6 +7,7 @@ in the method's docstring.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
@@ -19,7 +20,8 @@ from orion.storage.base import (
     get_trial_uid_and_exp,
     get_uid,
 )
-from sqlalchemy import Connection, Table, and_, delete, func, insert, literal, select, union_all, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, literal, select, union_all, update
+from sqlalchemy.sql import CompoundSelect, Update
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import codec
@@ -82,6 +84,46 @@ BENCHMARK_FILTERS = Collection(
 PUSHED_FIELDS = ("status", "worker", "exp_working_dir", "submit_time", "start_time", "end_time", "heartbeat", "results")
 
 
+def values_of_trials(trial_ids) -> CompoundSelect:
+    """Params and results of the trials whose ids `trial_ids` gives, in order, in one statement."""
+
+    def values_of(model, kind: str):
+        columns = (literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, model.value)
+        return select(*columns).where(model.trial_id.in_(trial_ids))
+
+    return union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by("trial_id", "kind", "position")
+
+
+def reservation_statements(dialect) -> tuple[Update, CompoundSelect]:
+    """The two statements of reserve_trial, built once: bind ``experiment``, then ``trial``.
+
+    The UPDATE takes the oldest pending trial through one locked sub-select per
+    pending status, each reading the first unlocked row of the (experiment_id,
+    status, id) index: with ``status IN (...)``, planners walk the primary key
+    through every completed trial instead.
+    """
+
+    def first_unlocked(status: str):
+        return (
+            select(TrialRow.id)
+            .where(TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == status)
+            .order_by(TrialRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+
+    candidates = union_all(*(select(first_unlocked(status).label("id")) for status in PENDING_STATUSES)).subquery()
+    now = dialect.now()
+    reserve = (
+        update(trials)
+        .where(TrialRow.id == select(func.min(candidates.c.id)).scalar_subquery())
+        .values(status="reserved", start_time=now, heartbeat=now)
+        .returning(trials)
+    )
+    return reserve, values_of_trials([bindparam("trial")])
+
+
 class SQL(BaseStorageProtocol):
     """Oríon storage in a relational database: a SQLite file or a PostgreSQL server.
 
@@ -141,7 +183,10 @@ class SQL(BaseStorageProtocol):
     def _fetch_documents(self, table: Table, collection: Collection, query, selection) -> list[dict]:
         statement = select(table.c.id, table.c.document).where(self._filter(query, collection)).order_by(table.c.id)
         rows = self._read(lambda conn: conn.execute(statement).all())
-        return [EphemeralDocument(codec.document_of(row)).select(selection) for row in rows]
+        documents = [codec.document_of(row) for row in rows]
+        if not selection:  # Oríon's flatten, which selections use, loses keys repeating a parent's
+            return documents
+        return [EphemeralDocument(document).select(selection) for document in documents]
 
     # --- benchmarks --------------------------------------------------------------
 
@@ -227,30 +272,21 @@ class SQL(BaseStorageProtocol):
     def reserve_trial(self, experiment):
         """Reserve the oldest pending trial of the experiment, or return None.
 
-        One UPDATE over a locked sub-select: concurrent callers skip each other's
-        rows (PostgreSQL), or queue on the write lock (SQLite).
+        One UPDATE over locked sub-selects, then the trial's params and results: see
+        :func:`reservation_statements`. Concurrent callers skip each other's rows
+        (PostgreSQL), or queue on the write lock (SQLite).
         """
-        oldest_pending = (
-            select(TrialRow.id)
-            .where(TrialRow.experiment_id == experiment.id, TrialRow.status.in_(PENDING_STATUSES))
-            .order_by(TrialRow.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
+        reserve, values = self._reservation
 
-        def reserve(conn):
-            now = self._db.dialect.now()
-            statement = (
-                update(trials)
-                .where(TrialRow.id == oldest_pending)
-                .values(status="reserved", start_time=now, heartbeat=now)
-                .returning(trials)
-            )
-            row = conn.execute(statement).first()
-            return None if row is None else self._with_values(conn, [row], TrialRow.id == row.id)[0]
+        def reserve_one(conn):
+            row = conn.execute(reserve, {"experiment": experiment.id}).first()
+            return None if row is None else self._trials([row], conn.execute(values, {"trial": row.id}))[0]
 
-        return self._write(reserve)
+        return self._write(reserve_one)
+
+    @functools.cached_property
+    def _reservation(self):
+        return reservation_statements(self._db.dialect)
 
     def fetch_trials(self, experiment=None, uid=None, where=None):
         uid = get_uid(experiment, uid)
@@ -299,12 +335,16 @@ class SQL(BaseStorageProtocol):
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
         """Move a trial from status `was` (default: trial.status) to `status`.
 
-        The heartbeat is the server's clock unless given. FailedUpdate when the
-        stored status is not `was`.
+        The heartbeat is the server's clock unless a datetime is given. A number
+        means the server's clock too: Oríon 0.2.7's ``ExperimentClient.reserve``
+        passes its heartbeat interval (seconds) here. FailedUpdate when the stored
+        status is not `was`.
         """
         was = was or trial.status
         validate_status(status)
         validate_status(was)
+        if isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool):
+            heartbeat = None
         if heartbeat is not None:
             codec.trial_columns({"heartbeat": heartbeat})
         statement = (
@@ -410,18 +450,15 @@ class SQL(BaseStorageProtocol):
         """Build Trials from their rows, loading the params and results of all at once."""
         if not rows:
             return []
-        matching_ids = select(TrialRow.id).where(clause)
+        return self._trials(rows, conn.execute(values_of_trials(select(TrialRow.id).where(clause))))
 
-        def values_of(model, kind: str):
-            return select(literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, model.value).where(
-                model.trial_id.in_(matching_ids)
-            )
-
-        values = {row.id: {"params": [], "results": []} for row in rows}
-        statement = union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by("trial_id", "kind", "position")
-        for value in conn.execute(statement).mappings():
-            values[value["trial_id"]][value["kind"]].append(codec.value_document(value))
-        return [Trial(**codec.trial_document(row._mapping, **values[row.id])) for row in rows]
+    @staticmethod
+    def _trials(rows, values) -> list[Trial]:
+        """Trials from their rows and the result of a :func:`values_of_trials` statement."""
+        by_trial = {row.id: {"params": [], "results": []} for row in rows}
+        for value in values.mappings():
+            by_trial[value["trial_id"]][value["kind"]].append(codec.value_document(value))
+        return [Trial(**codec.trial_document(row._mapping, **by_trial[row.id])) for row in rows]
 
     def _insert_values(self, conn: Connection, trial_ids: list[int], document: Mapping, replace=False) -> None:
         """Insert (or `replace`) the params and/or results `document` gives, for these trials."""

@@ -68,14 +68,11 @@ def test_create_experiment_and_read_it_back_exactly(storage):
     second = new_experiment(storage, "exp-ü", version=4)
     assert second["_id"] != config["_id"]
 
-    # Known limitation: PostgreSQL's JSONB keeps numbers as NUMERIC in shortest decimal
-    # form, so an integral float of 1e16 or more comes back there as the int that decimal
-    # names (1e300 -> 10**300; and -0.0 -> 0.0). float() of it is the original float, and
-    # filters compare it as the number it is.
-    huge = new_experiment(storage, "huge", metadata={"huge": 1e300, "big": 1.5e16})
+    # Floats PostgreSQL's JSONB would give back as decimals (1e300 as 10**300, -0.0 as
+    # 0.0) are stored tagged: they come back as the same floats, and filter as numbers.
+    huge = new_experiment(storage, "huge", metadata={"huge": 1e300, "big": 1.5e16, "zero": -0.0})
     (fetched,) = storage.fetch_experiments({"_id": huge["_id"]})
-    assert float(fetched["metadata"]["huge"]) == 1e300
-    assert fetched["metadata"]["big"] == 1.5e16
+    assert_identical(fetched["metadata"], {"huge": 1e300, "big": 1.5e16, "zero": -0.0})
     assert storage.fetch_experiments({"metadata.huge": 1e300}, {"_id": 1}) == [{"_id": huge["_id"]}]
     assert storage.fetch_experiments({"metadata.big": {"$gt": 1e16}}, {"_id": 1}) == [{"_id": huge["_id"]}]
 

@@ -400,3 +400,23 @@ def test_heartbeats_and_lost_trials(storage):
     waiting = storage.register_trial(make_trial(config["_id"], 5.5))
     assert storage.update_heartbeat(waiting) == 0  # only a reserved trial has a heartbeat to update
     assert storage.get_trial(waiting).heartbeat is None
+
+
+def test_client_reserve_of_a_given_trial(storage):
+    """Oríon 0.2.7's ExperimentClient.reserve passes its heartbeat interval (an int) as
+    the heartbeat time: the storage takes it as the server's clock."""
+    from orion.client import ExperimentClient
+    from orion.core.io.experiment_builder import ExperimentBuilder
+
+    client = ExperimentBuilder(storage=storage).build("client-reserve", space={"x": "uniform(0, 1)"})
+    client = ExperimentClient(client, heartbeat=30)
+    trial = client.insert({"x": 0.5})
+    trial.status = "interrupted"  # as Oríon leaves an inserted trial
+    client.reserve(trial)
+    try:
+        (stored,) = storage.fetch_trials(uid=client.id)
+        assert stored.status == "reserved"
+        assert isinstance(stored.heartbeat, datetime.datetime)
+        assert abs((stored.heartbeat - datetime.datetime.utcnow()).total_seconds()) < 5
+    finally:
+        client.release(trial, "interrupted")

@@ -38,6 +38,10 @@ class Dialect:
     def prepare_engine(self, engine: Engine) -> None:
         """Install per-connection settings and transaction handling on a new engine."""
 
+    def read_options(self) -> dict[str, Any]:
+        """Execution options of a read transaction: its statements must see one snapshot."""
+        return {}
+
     def now(self, minus: datetime.timedelta | None = None) -> ColumnElement[datetime.datetime]:
         """The database server's clock as naive UTC, optionally `minus` a duration."""
         raise NotImplementedError
@@ -79,6 +83,10 @@ class Dialect:
 
     def json_equals(self, doc: ColumnElement, path: JsonPath, json_text: str) -> ColumnElement[bool]:
         """True where the value at `path` equals the JSON value `json_text`."""
+        raise NotImplementedError
+
+    def text_number(self, text: ColumnElement[str]) -> ColumnElement:
+        """A finite number written as text (a tagged float), comparable with :meth:`json_number`."""
         raise NotImplementedError
 
     def number_literal(self, value: int | float) -> ColumnElement:

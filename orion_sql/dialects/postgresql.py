@@ -46,6 +46,11 @@ class PostgreSQLDialect(Dialect):
                 cursor.execute(statement)
             dbapi_connection.commit()
 
+    def read_options(self):
+        # READ COMMITTED gives each statement its own snapshot: trials read by one
+        # statement and their params by the next could disagree.
+        return {"isolation_level": "REPEATABLE READ"}
+
     def now(self, minus=None):
         now = func.timezone("UTC", func.statement_timestamp(), type_=UtcDateTime)
         return now - minus if minus else now
@@ -84,7 +89,10 @@ class PostgreSQLDialect(Dialect):
         return doc.op("#>>", return_type=Text)(cast(list(path), ARRAY(Text)))
 
     def json_number(self, doc, path):
-        return cast(self.json_text(doc, path), Numeric)
+        return self.text_number(self.json_text(doc, path))
+
+    def text_number(self, text):
+        return cast(text, Numeric)
 
     def number_literal(self, value):
         # Documents hold decimal text; compare in NUMERIC against the float's shortest
@@ -92,7 +100,8 @@ class PostgreSQLDialect(Dialect):
         return cast(literal(repr(value)), Numeric)
 
     def json_equals(self, doc, path, json_text):
-        return self._at(doc, path) == cast(json_text, JSONB)
+        # Bound as text: a JSONB-typed parameter would serialize the text as a JSON string.
+        return self._at(doc, path) == cast(literal(json_text, Text), JSONB)
 
     def ordered_text(self, expression):
         return expression.collate("C")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 
-from sqlalchemy import Engine, event, func, literal
+from sqlalchemy import Engine, Float, bindparam, cast, event, func, literal
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from orion_sql.dialects.base import WRITE_OPTION, Dialect, ErrorKind, JsonPath
@@ -59,9 +60,14 @@ class SQLiteDialect(Dialect):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     def now(self, minus=None):
-        # The file lives on this machine: its clock is the "server" clock.
-        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
-        return literal(now - (minus or datetime.timedelta()), UtcDateTime)
+        # The file lives on this machine: its clock is the "server" clock. It is read when
+        # the statement runs, not when it is built: a statement may be polled or retried.
+        shift = minus or datetime.timedelta()
+
+        def utcnow():
+            return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - shift
+
+        return bindparam("now", callable_=utcnow, type_=UtcDateTime, unique=True)
 
     def classify(self, error: DBAPIError):
         message = str(error.orig)
@@ -77,6 +83,11 @@ class SQLiteDialect(Dialect):
 
     @staticmethod
     def _path(path: JsonPath) -> str:
+        # A quoted label matches the key as the codec wrote it (json.dumps escapes), but
+        # SQLite ends the label at the first double quote, escaped or not.
+        for key in path:
+            if '"' in key:
+                raise ValueError(f"SQLite cannot address the document key {key!r}: it contains a double quote")
         return "$" + "".join("." + json.dumps(key) for key in path)
 
     def json_kind_in(self, doc, path, kinds):
@@ -91,6 +102,19 @@ class SQLiteDialect(Dialect):
 
     def json_number(self, doc, path):
         return func.json_extract(doc, self._path(path))
+
+    def text_number(self, text):
+        return cast(text, Float)
+
+    def number_literal(self, value):
+        # SQLite binds 64-bit integers only. A larger one becomes the nearest float, which
+        # orders the same against every 64-bit integer (json_extract gives floats beyond).
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            try:
+                value = float(value)
+            except OverflowError:
+                value = math.inf if value > 0 else -math.inf
+        return literal(value)
 
     def json_equals(self, doc, path, json_text):
         value = json.loads(json_text)

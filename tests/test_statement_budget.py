@@ -1,0 +1,136 @@
+"""Statement budgets: the storage's hot methods issue a fixed number of statements.
+
+Counted with SQLAlchemy's ``before_cursor_execute`` event on the storage's engine
+(an executemany counts once: one statement sent with many rows) on experiments of
+1 trial with 1 param and 1 result, 10 trials with 50 of each, and 1000 trials with
+10 of each. Whatever the size, each method issues the same count, at most its
+budget: no N+1 query, nothing that grows with the data. SQLite's ``BEGIN`` (the
+dialect sends it itself, ``BEGIN IMMEDIATE`` for writes) is not counted, just as
+the PostgreSQL driver's implicit one is not.
+"""
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import pytest
+from orion.algo.space import Space
+from orion.core.worker.experiment import Experiment
+from orion.core.worker.trial import Trial
+from sqlalchemy import event, insert, select
+
+from orion_sql.models import ParamRow, ResultRow, TrialRow
+
+T0 = datetime.datetime(2024, 1, 31, 12, 0, 0, 123456)
+# (trials already in the experiment, params per trial, results per trial)
+SIZES = [(1, 1, 1), (10, 50, 50), (1000, 10, 10)]
+# Statements per call, BEGIN excluded: each method is one transaction.
+BUDGETS = {
+    "register_trial": 3,  # trial, its params, its results
+    "fetch_trials": 2,  # trials, then all their params and results in one statement
+    "reserve_trial": 2,  # UPDATE ... RETURNING over locked sub-selects, then its values
+    "push_trial_results": 3,  # the row, then results replaced (delete, insert)
+    "set_trial_status": 1,
+    "update_heartbeat": 1,
+    "fetch_lost_trials": 2,
+    "fetch_pending_trials": 2,
+    "count_completed_trials": 1,
+}
+
+
+def make_trial(experiment_id, n_params: int, n_results: int) -> Trial:
+    """A new trial with `n_params` params (one makes it unique) and `n_results` results."""
+    return Trial(
+        experiment=experiment_id,
+        status="new",
+        submit_time=T0,
+        params=[{"name": "/unique", "type": "categorical", "value": uuid.uuid4().hex}]
+        + [{"name": f"/p{index}", "type": "real", "value": index + 0.5} for index in range(n_params - 1)],
+        results=results(n_results),
+    )
+
+
+def results(count: int) -> list[dict]:
+    """An objective, then statistics."""
+    kinds = ["objective"] + ["statistic"] * (count - 1)
+    return [{"name": f"/r{index}", "type": kind, "value": index + 0.25} for index, kind in enumerate(kinds)]
+
+
+def bulk_insert(storage, experiment_id, n_trials: int, n_params: int, n_results: int) -> None:
+    """Fill an experiment quickly: one executemany per table, not the storage's API."""
+    made = [make_trial(experiment_id, n_params, n_results) for _ in range(n_trials)]
+    with storage._db.transaction(write=True) as conn:
+        conn.execute(
+            insert(TrialRow.__table__),
+            [{"experiment_id": experiment_id, "hash": t.id, "status": "new", "submit_time": T0} for t in made],
+        )
+        ids = dict(conn.execute(select(TrialRow.hash, TrialRow.id).where(TrialRow.experiment_id == experiment_id)).all())
+        for model, attribute in ((ParamRow, "params"), (ResultRow, "results")):
+            rows = [
+                {"trial_id": ids[t.id], "position": position, **value}
+                for t in made
+                for position, value in enumerate(t.to_dict()[attribute])
+            ]
+            conn.execute(insert(model.__table__), rows)
+
+
+class StatementCounter:
+    """Counts the statements sent on an engine, BEGIN aside."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.statements: list[str] = []
+
+    def _count(self, conn, cursor, statement, parameters, context, executemany):
+        if statement.split(None, 1)[0].upper() != "BEGIN":
+            self.statements.append(statement)
+
+    def __enter__(self):
+        event.listen(self.engine, "before_cursor_execute", self._count)
+        return self
+
+    def __exit__(self, *exc):
+        event.remove(self.engine, "before_cursor_execute", self._count)
+
+
+def counts_for(storage, name: str, n_trials: int, n_params: int, n_results: int) -> dict[str, int]:
+    """Statements each method issues on an experiment of `n_trials` trials."""
+    config = {"name": name, "version": 1, "space": {}, "algorithm": {"random": {"seed": 1}}}
+    storage.create_experiment(config)
+    experiment = Experiment(name, Space(), version=1, _id=config["_id"], storage=storage)
+    bulk_insert(storage, config["_id"], n_trials, n_params, n_results)
+    storage.fetch_trials(experiment)  # a warm engine: the pool holds a connection
+
+    counted = {}
+
+    def count(method: str, *args, **kwargs):
+        with StatementCounter(storage._db.engine) as counter:
+            result = getattr(storage, method)(*args, **kwargs)
+        counted[method] = len(counter.statements)
+        return result
+
+    count("register_trial", make_trial(config["_id"], n_params, n_results))
+    assert len(count("fetch_trials", experiment)) == n_trials + 1
+    reserved = count("reserve_trial", experiment)
+    assert len(reserved.params) == n_params and len(reserved.results) == n_results
+    count("update_heartbeat", reserved)
+    count("fetch_lost_trials", experiment)
+    assert len(count("fetch_pending_trials", experiment)) == n_trials
+    reserved.status = "completed"
+    reserved.results = [Trial.Result(**result) for result in results(n_results)]
+    count("push_trial_results", reserved)
+    assert count("count_completed_trials", experiment) == 1
+    pending = storage.fetch_pending_trials(experiment)[0]
+    count("set_trial_status", pending, "interrupted")
+    return counted
+
+
+@pytest.mark.slow
+def test_statement_counts_do_not_grow_with_trials_params_or_results(storage):
+    by_size = {size: counts_for(storage, f"budget-{index}", *size) for index, size in enumerate(SIZES)}
+    first = by_size[SIZES[0]]
+    assert set(first) == set(BUDGETS)
+    for size, counted in by_size.items():
+        assert counted == first, f"statement counts changed with size {size}: {counted} != {first}"
+    over = {method: (first[method], budget) for method, budget in BUDGETS.items() if first[method] > budget}
+    assert not over, f"over budget (counted, budget): {over}"
