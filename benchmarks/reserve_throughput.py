@@ -1,0 +1,189 @@
+"""Reserve+complete pairs per second, by worker processes, per storage.
+
+Every worker loops: reserve the oldest pending trial, then complete it with an
+objective (what Oríon's ``observe`` writes), until the time is up or nothing is
+pending. Measured for 1, 2, 4 and 8 worker processes on:
+
+- sql-postgresql, sql-sqlite: the ``sql`` storage (``reserve_trial``, ``push_trial_results``);
+- raw-psycopg: the ceiling, a minimal psycopg loop doing the same work on the same
+  PostgreSQL tables (one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)
+  RETURNING``, the params read, the completion and its result in one transaction);
+- pickleddb: Oríon's legacy storage on PickledDB, what users have today.
+
+Each configuration starts from the same data: a fresh experiment of `--trials`
+pending trials with two params each. Goal (issue 3): at 4 workers, the sql storage
+on PostgreSQL does at least half of raw-psycopg's rate and 20 times PickledDB's.
+
+    python benchmarks/reserve_throughput.py [--quick]
+"""
+from __future__ import annotations
+
+import datetime
+import sys
+import time
+
+import psycopg
+from orion.algo.space import Space
+from orion.core.worker.experiment import Experiment
+from orion.core.worker.trial import Trial
+from orion.storage.legacy import Legacy
+from sqlalchemy import insert, select
+from tabulate import tabulate
+
+import common
+from orion_sql import SQL
+from orion_sql.models import ParamRow, TrialRow
+
+WORKERS = [1, 2, 4, 8]
+BACKENDS = ["sql-postgresql", "sql-sqlite", "raw-psycopg", "pickleddb"]
+SUBMITTED = datetime.datetime(2024, 1, 31, 12, 0, 0)
+
+RAW_RESERVE = """
+UPDATE trials SET status = 'reserved', start_time = timezone('UTC', now()), heartbeat = timezone('UTC', now())
+WHERE id = (SELECT id FROM trials WHERE experiment_id = %s AND status = 'new'
+            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
+RAW_PARAMS = "SELECT name, type, value FROM params WHERE trial_id = %s ORDER BY position"
+RAW_COMPLETE = "UPDATE trials SET status = 'completed', end_time = timezone('UTC', now()) WHERE id = %s"
+RAW_RESULT = (
+    "INSERT INTO results (trial_id, position, name, type, value, numeric_value)"
+    " VALUES (%s, 0, 'objective', 'objective', %s, %s)"
+)
+
+
+def pending_trials(experiment_id, count: int) -> list[Trial]:
+    """The data every configuration starts from."""
+    return [
+        Trial(
+            experiment=experiment_id,
+            status="new",
+            submit_time=SUBMITTED,
+            params=[
+                {"name": "/lr", "type": "real", "value": 0.001 + index * 1e-6},
+                {"name": "/layers", "type": "integer", "value": index % 7},
+            ],
+        )
+        for index in range(count)
+    ]
+
+
+def fill_sql(storage: SQL, name: str, count: int):
+    """A new experiment of `count` pending trials, bulk inserted into the sql schema."""
+    config = {"name": name, "version": 1, "space": {}, "algorithm": {"random": {"seed": 1}}}
+    storage.create_experiment(config)
+    made = pending_trials(config["_id"], count)
+    with storage._db.transaction(write=True) as conn:
+        conn.execute(
+            insert(TrialRow.__table__),
+            [{"experiment_id": config["_id"], "hash": t.id, "status": "new", "submit_time": SUBMITTED} for t in made],
+        )
+        ids = dict(conn.execute(select(TrialRow.hash, TrialRow.id).where(TrialRow.experiment_id == config["_id"])).all())
+        rows = [
+            {"trial_id": ids[t.id], "position": position, "numeric_value": float(param["value"]), **param}
+            for t in made
+            for position, param in enumerate(t.to_dict()["params"])
+        ]
+        conn.execute(insert(ParamRow.__table__), rows)
+    return config["_id"]
+
+
+def fill_pickleddb(storage: Legacy, name: str, count: int):
+    """The same trials in PickledDB, written in one go (registering them one by one is quadratic)."""
+    config = {"name": name, "version": 1, "space": {}, "algorithm": {"random": {"seed": 1}}}
+    storage.create_experiment(config)
+    storage._db.write("trials", [trial.to_dict() for trial in pending_trials(config["_id"], count)])
+    return config["_id"]
+
+
+def open_storage(backend: str, location: str):
+    if backend == "pickleddb":
+        return Legacy(database={"type": "pickleddb", "host": location})
+    return SQL(uri=location)
+
+
+def protocol_worker(barrier, backend: str, location: str, experiment_id, seconds: float) -> int:
+    """Reserve and complete through Oríon's storage protocol; returns pairs done."""
+    storage = open_storage(backend, location)
+    experiment = Experiment("bench", Space(), version=1, _id=experiment_id, storage=storage)
+    barrier.wait()
+    deadline, pairs = time.perf_counter() + seconds, 0
+    while time.perf_counter() < deadline and (trial := storage.reserve_trial(experiment)) is not None:
+        trial.status = "completed"
+        trial.end_time = datetime.datetime.utcnow()
+        trial.results = [Trial.Result(name="objective", type="objective", value=trial.params["/lr"])]
+        storage.push_trial_results(trial)
+        pairs += 1
+    return pairs
+
+
+def raw_worker(barrier, backend: str, location: str, experiment_id, seconds: float) -> int:
+    """The same work in a minimal psycopg loop; returns pairs done."""
+    conninfo = location.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        barrier.wait()
+        deadline, pairs = time.perf_counter() + seconds, 0
+        while time.perf_counter() < deadline:
+            row = conn.execute(RAW_RESERVE, (experiment_id,)).fetchone()
+            if row is None:
+                break
+            params = {name: value for name, _, value in conn.execute(RAW_PARAMS, row).fetchall()}
+            with conn.transaction():
+                conn.execute(RAW_COMPLETE, row)
+                objective = params["/lr"]
+                conn.execute(RAW_RESULT, (row[0], psycopg.types.json.Json(objective), objective))
+            pairs += 1
+    return pairs
+
+
+def measure(backend: str, location: str, trials: int, seconds: float) -> dict[int, float]:
+    """Pairs per second for each worker count, each on a fresh experiment."""
+    storage = open_storage("sql" if backend == "raw-psycopg" else backend, location)
+    fill = fill_pickleddb if backend == "pickleddb" else fill_sql
+    worker = raw_worker if backend == "raw-psycopg" else protocol_worker
+    rates = {}
+    for count in WORKERS:
+        experiment_id = fill(storage, f"{backend}-{count}", trials)
+        done, elapsed = common.run_together(worker, [(backend, location, experiment_id, seconds)] * count)
+        rates[count] = sum(done) / elapsed
+        print(f"  {backend:15s} {count} workers: {sum(done):6d} pairs in {elapsed:5.2f}s", file=sys.stderr)
+    return rates
+
+
+def main() -> None:
+    args = common.arguments(__doc__.splitlines()[0])
+    trials, seconds = (1500, 1.5) if args.quick else (4000, 4.0)
+    rates = {}
+    with common.fresh_postgresql() as postgresql, common.fresh_folder() as folder:
+        SQL(uri=postgresql)  # the schema, created once for both PostgreSQL loops
+        locations = {
+            "sql-postgresql": postgresql,
+            "raw-psycopg": postgresql,
+            "sql-sqlite": f"sqlite:///{folder}/bench.sqlite",
+            "pickleddb": f"{folder}/bench.pkl",
+        }
+        for backend in BACKENDS:
+            rates[backend] = measure(backend, locations[backend], trials, seconds)
+
+    rows = []
+    for count in WORKERS:
+        sql_pg = rates["sql-postgresql"][count]
+        rows.append(
+            [count, *(rates[backend][count] for backend in BACKENDS),
+             sql_pg / rates["raw-psycopg"][count], sql_pg / rates["pickleddb"][count],
+             rates["sql-sqlite"][count] / rates["pickleddb"][count]]
+        )
+    headers = ["workers", *BACKENDS, "sql-pg / raw", "sql-pg / pickleddb", "sql-sqlite / pickleddb"]
+    print(f"\nReserve+complete pairs per second ({trials} pending trials, {seconds}s per run)")
+    print(tabulate(rows, headers=headers, floatfmt=".1f"))
+    at4 = rows[WORKERS.index(4)]
+    print(f"\nGoal at 4 workers: sql-pg/raw >= 0.5 (got {at4[-3]:.2f}), sql-pg/pickleddb >= 20 (got {at4[-2]:.1f})")
+    note = common.machine_note()
+    print(note)
+    payload = {"trials": trials, "seconds": seconds, "rates": rates, "note": note}
+    print("saved", common.save(args.out, "reserve_throughput", payload))
+    print("saved", common.plot(args.out, "reserve_throughput", "Reserve+complete pairs/s", "pairs per second", rates, note, log=True))
+
+
+if __name__ == "__main__":
+    main()
