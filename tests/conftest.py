@@ -11,6 +11,7 @@ PostgreSQL test passed fails: a missing server is never a quiet skip.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 
@@ -22,6 +23,7 @@ from sqlalchemy.engine import URL
 from orion_sql.database import Database
 from orion_sql.engine import sqlite_url
 from orion_sql.schema import ensure_schema
+from support import DIALECTS
 
 PG = {
     "host": os.environ.get("ORION_SQL_TEST_PG_HOST", "127.0.0.1"),
@@ -29,7 +31,6 @@ PG = {
     "user": os.environ.get("ORION_SQL_TEST_PG_USER", "postgres"),
     "password": os.environ.get("ORION_SQL_TEST_PG_PASSWORD", ""),
 }
-DIALECTS = ["sqlite", "postgresql"]
 
 
 def _server_answers() -> bool:
@@ -103,6 +104,27 @@ def storage(database_url):
     storage = SQL(uri=database_url)
     yield storage
     storage._db.dispose()
+
+
+_empty_database_numbers = itertools.count()
+
+
+@pytest.fixture(params=DIALECTS)
+def empty_url(request, tmp_path) -> str:
+    """A database with nothing in it (no orion_sql schema), once on each dialect."""
+    if request.param == "sqlite":
+        yield str(sqlite_url(str(tmp_path / "empty.sqlite")))
+        return
+    server = request.getfixturevalue("postgresql_server")
+    name = f"orion_sql_empty_{os.getpid()}_{next(_empty_database_numbers)}"
+    admin = {"host": server.host, "port": server.port, "user": server.user, "password": server.password or None}
+    with psycopg.connect(dbname="postgres", autocommit=True, **admin) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = URL.create("postgresql+psycopg", username=server.user, password=server.password or None,
+                     host=server.host, port=server.port, database=name)
+    yield url.render_as_string(hide_password=False)
+    with psycopg.connect(dbname="postgres", autocommit=True, **admin) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 # --- CI guard: PostgreSQL tests must have run ------------------------------------

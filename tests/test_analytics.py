@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 import orion_fill
-from conftest import DIALECTS
+from support import DIALECTS
 from orion_sql import SQL
 from orion_sql.database import Database
 from orion_sql.engine import sqlite_url

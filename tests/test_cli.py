@@ -19,7 +19,7 @@ from orion_sql.cli import main
 from orion_sql.engine import DEFAULT_SQLITE_PATH, configured_url, sqlite_url
 from orion_sql.schema import downgrade, head_revision, revisions
 from orion_sql.database import Database
-from test_schema import FUTURE_REVISION, empty_url, revision_of, stamp, table_names  # noqa: F401 (a fixture)
+from support.schema import FUTURE_REVISION, revision_of, stamp, table_names
 
 ORION_SQL = str(Path(sys.executable).with_name("orion-sql"))  # the console script of this environment
 PASSWORD = "s3cret-Pa55"

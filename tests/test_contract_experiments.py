@@ -13,7 +13,7 @@ import pytest
 from orion.core.io.database import DuplicateKeyError
 from orion.storage.legacy import Legacy
 
-from test_contract import T0, assert_identical, experiment_of, make_trial, new_experiment
+from support.documents import T0, assert_identical, experiment_of, make_trial, new_experiment
 
 # --- benchmarks ----------------------------------------------------------------------
 

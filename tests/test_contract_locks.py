@@ -13,7 +13,7 @@ import pytest
 from orion.core.io.database import DuplicateKeyError
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
-from test_contract import experiment_of, new_experiment, same_database
+from support.documents import experiment_of, new_experiment, same_database
 
 STATE = {"rng": [3, [1, 2, 3], None], "suggested": 4, "best": 0.25}
 

@@ -16,7 +16,7 @@ from orion.core.worker.trial import Trial
 from orion.storage.base import FailedUpdate
 from sqlalchemy import event
 
-from test_contract import T0, assert_identical, experiment_of, make_trial, new_experiment, same_database, seconds, utcnow
+from support.documents import T0, assert_identical, experiment_of, make_trial, new_experiment, same_database, seconds, utcnow
 
 STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
 

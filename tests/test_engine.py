@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 import orion_sql.engine
 from orion_sql import SQL
 from orion_sql.engine import EXAMPLE_URL, ConfigurationError, resolve_url
-from test_contract import make_trial, new_experiment
+from support.documents import make_trial, new_experiment
 
 PASSWORD = "s3cr3t-Pw-4711"
 

@@ -33,7 +33,7 @@ from orion_sql.database import Database
 from orion_sql.importer import import_documents
 from orion_sql.legacy_db import read_source
 from orion_sql.models import AlgoLockRow, BenchmarkRow, ExperimentRow, ParamRow, ResultRow, TrialRow
-from test_schema import empty_url, table_names  # noqa: F401 (a fixture)
+from support.schema import table_names
 
 SPACE = {"x": "uniform(0, 1)", "kind": "choices(['a', 'b'])"}
 TABLES = [model.__table__ for model in (ExperimentRow, TrialRow, ParamRow, ResultRow, AlgoLockRow, BenchmarkRow)]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from orion_sql.schema import head_revision
-from test_schema import REPOSITORY, empty_url, revision_of  # noqa: F401 (a fixture)
+from support.schema import REPOSITORY, revision_of
 
 pytestmark = pytest.mark.slow
 PIP_PIN = "pip>=23,<26.3"  # pip 26.3 refuses Oríon 0.2.7's sdist

@@ -1,0 +1,3 @@
+"""Helpers the test modules share (fixtures live in conftest.py)."""
+
+DIALECTS = ["sqlite", "postgresql"]
