@@ -22,7 +22,6 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
 from orion_sql.dialects import Dialect, ErrorKind, dialect_for
-from orion_sql.dialects.base import WRITE_OPTION
 from orion_sql.engine import build_engine, redact
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,20 @@ class Database:
             self._engine.dispose()
 
     @contextlib.contextmanager
-    def transaction(self, write: bool = False) -> Iterator[Connection]:
-        """One transaction, committed on success, rolled back on any exception."""
+    def transaction(self, write: bool = False, atomic: bool = True) -> Iterator[Connection]:
+        """One transaction, committed on success, rolled back on any exception.
+
+        Not `atomic`: the work's statements need not share a transaction (one
+        statement, or statements that stand alone), and may each commit by itself.
+        """
         with self.engine.connect() as conn:
-            conn.execution_options(**({WRITE_OPTION: True} if write else self.dialect.read_options()))
+            conn.execution_options(**self.dialect.transaction_options(write, atomic))
             with conn.begin():
                 yield conn
 
-    def run(self, work: Callable[[Connection], T], *, write: bool, repeatable: bool = False) -> T:
-        """Run `work` in one transaction, retrying it after transient failures.
+    def run(self, work: Callable[[Connection], T], *, write: bool, repeatable: bool = False, atomic: bool = True) -> T:
+        """Run `work` in one transaction (see :meth:`transaction`), retrying it after
+        transient failures.
 
         `repeatable` says the work may also be repeated after a lost connection,
         when it is unknown whether its commit reached the server (reads, and
@@ -78,7 +82,7 @@ class Database:
         attempt = 0
         while True:
             try:
-                with self.transaction(write) as conn:
+                with self.transaction(write, atomic) as conn:
                     return work(conn)
             except DBAPIError as error:
                 kind = self.dialect.classify(error)

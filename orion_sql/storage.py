@@ -20,11 +20,10 @@ from orion.storage.base import (
     get_trial_uid_and_exp,
     get_uid,
 )
-from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, literal, select, union_all, update
-from sqlalchemy.sql import CompoundSelect, Update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from orion_sql import codec
+from orion_sql import codec, statements
 from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference
 from orion_sql.engine import redact, resolve_url
@@ -79,51 +78,6 @@ BENCHMARK_FILTERS = Collection(
     fields={"_id": Field(BenchmarkRow.id, int), "name": Field(BenchmarkRow.name, str)},
     document=BenchmarkRow.document,
 )
-# What push_trial_results writes. The trial's `id` (hash of params, lie and parent)
-# and experiment select the row, so params, parent and experiment are already equal.
-PUSHED_FIELDS = ("status", "worker", "exp_working_dir", "submit_time", "start_time", "end_time", "heartbeat", "results")
-
-
-def values_of_trials(trial_ids) -> CompoundSelect:
-    """Params and results of the trials whose ids `trial_ids` gives, in order, in one statement."""
-
-    def values_of(model, kind: str):
-        columns = (literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, model.value)
-        return select(*columns).where(model.trial_id.in_(trial_ids))
-
-    return union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by("trial_id", "kind", "position")
-
-
-def reservation_statements(dialect) -> tuple[Update, CompoundSelect]:
-    """The two statements of reserve_trial, built once: bind ``experiment``, then ``trial``.
-
-    The UPDATE takes the oldest pending trial through one locked sub-select per
-    pending status, each reading the first unlocked row of the (experiment_id,
-    status, id) index: with ``status IN (...)``, planners walk the primary key
-    through every completed trial instead.
-    """
-
-    def first_unlocked(status: str):
-        return (
-            select(TrialRow.id)
-            .where(TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == status)
-            .order_by(TrialRow.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-
-    candidates = union_all(*(select(first_unlocked(status).label("id")) for status in PENDING_STATUSES)).subquery()
-    now = dialect.now()
-    reserve = (
-        update(trials)
-        .where(TrialRow.id == select(func.min(candidates.c.id)).scalar_subquery())
-        .values(status="reserved", start_time=now, heartbeat=now)
-        .returning(trials)
-    )
-    return reserve, values_of_trials([bindparam("trial")])
-
-
 class SQL(BaseStorageProtocol):
     """Oríon storage in a relational database: a SQLite file or a PostgreSQL server.
 
@@ -162,11 +116,15 @@ class SQL(BaseStorageProtocol):
 
     # --- transactions ------------------------------------------------------------
 
-    def _read(self, work: Callable[[Connection], T]) -> T:
-        return self._db.run(work, write=False, repeatable=True)
+    def _read(self, work: Callable[[Connection], T], atomic: bool = True) -> T:
+        return self._db.run(work, write=False, repeatable=True, atomic=atomic)
 
     def _write(self, work: Callable[[Connection], T], repeatable: bool = False) -> T:
         return self._db.run(work, write=True, repeatable=repeatable)
+
+    def _write_one(self, statement, repeatable: bool = False) -> int:
+        """One write statement, committed by itself; the number of rows it matched."""
+        return self._db.run(lambda conn: conn.execute(statement).rowcount, write=True, repeatable=repeatable, atomic=False)
 
     def _filter(self, query, collection: Collection) -> ColumnElement[bool]:
         return compile_filter(query, collection, self._db.dialect)
@@ -182,7 +140,7 @@ class SQL(BaseStorageProtocol):
 
     def _fetch_documents(self, table: Table, collection: Collection, query, selection) -> list[dict]:
         statement = select(table.c.id, table.c.document).where(self._filter(query, collection)).order_by(table.c.id)
-        rows = self._read(lambda conn: conn.execute(statement).all())
+        rows = self._read(lambda conn: conn.execute(statement).all(), atomic=False)
         documents = [codec.document_of(row) for row in rows]
         if not selection:  # Oríon's flatten, which selections use, loses keys repeating a parent's
             return documents
@@ -219,8 +177,7 @@ class SQL(BaseStorageProtocol):
     def delete_experiment(self, experiment=None, uid=None):
         """Delete an experiment; its trials and algorithm lock go with it (cascade)."""
         uid = get_uid(experiment, uid)
-        statement = delete(experiments).where(ExperimentRow.id == uid)
-        return self._write(lambda conn: conn.execute(statement).rowcount)
+        return self._write_one(delete(experiments).where(ExperimentRow.id == uid))
 
     def update_experiment(self, experiment=None, uid=None, where=None, **kwargs):
         """Set fields of an experiment document (dotted keys set nested fields).
@@ -267,26 +224,28 @@ class SQL(BaseStorageProtocol):
     def delete_trials(self, experiment=None, uid=None, where=None):
         uid = get_uid(experiment, uid)
         clause = and_(TrialRow.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
-        return self._write(lambda conn: conn.execute(delete(trials).where(clause)).rowcount)
+        return self._write_one(delete(trials).where(clause))
 
     def reserve_trial(self, experiment):
         """Reserve the oldest pending trial of the experiment, or return None.
 
-        One UPDATE over locked sub-selects, then the trial's params and results: see
-        :func:`reservation_statements`. Concurrent callers skip each other's rows
-        (PostgreSQL), or queue on the write lock (SQLite).
+        One UPDATE over locked sub-selects, with the trial's params and results (one
+        statement on PostgreSQL, two on SQLite; see :func:`statements.reservation`).
+        Concurrent callers skip each other's rows (PostgreSQL), or queue on the
+        write lock (SQLite).
         """
-        reserve, values = self._reservation
 
         def reserve_one(conn):
-            row = conn.execute(reserve, {"experiment": experiment.id}).first()
-            return None if row is None else self._trials([row], conn.execute(values, {"trial": row.id}))[0]
+            reserved = self._reservation(conn, experiment.id)
+            return None if reserved is None else self._trials([reserved[0]], reserved[1])[0]
 
-        return self._write(reserve_one)
+        # Not atomic: the reservation commits by itself, with no BEGIN or COMMIT round
+        # trips; values read after it belong to this worker alone.
+        return self._db.run(reserve_one, write=True, atomic=False)
 
     @functools.cached_property
     def _reservation(self):
-        return reservation_statements(self._db.dialect)
+        return statements.reservation(self._db.dialect)
 
     def fetch_trials(self, experiment=None, uid=None, where=None):
         uid = get_uid(experiment, uid)
@@ -326,11 +285,16 @@ class SQL(BaseStorageProtocol):
     def push_trial_results(self, trial):
         """Write a reserved trial's status, times and results; FailedUpdate if not reserved."""
         document = trial.to_dict()
-        fields = {key: document[key] for key in PUSHED_FIELDS}
-        updated = self._update_trials(self._trial_clause(trial.id, trial.experiment, {"status": "reserved"}), fields)
-        if not updated:
+        columns = codec.trial_columns({key: document[key] for key in statements.PUSHED_FIELDS})
+        binds = {"trial_hash": trial.id, "experiment": trial.experiment}
+        binds.update((f"new_{column}", value) for column, value in columns.items())
+        if self._write(lambda conn: self._completion(conn, binds, document["results"])) is None:
             raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not reserved")
-        return updated
+        return 1
+
+    @functools.cached_property
+    def _completion(self):
+        return statements.completion(self._db.dialect)
 
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
         """Move a trial from status `was` (default: trial.status) to `status`.
@@ -352,7 +316,7 @@ class SQL(BaseStorageProtocol):
             .where(self._trial_clause(trial.id, trial.experiment), TrialRow.status == was)
             .values(status=status, heartbeat=heartbeat or self._db.dialect.now())
         )
-        if not self._write(lambda conn: conn.execute(statement).rowcount):
+        if not self._write_one(statement):
             raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not {was!r}")
         trial.status = status
 
@@ -378,7 +342,7 @@ class SQL(BaseStorageProtocol):
             .where(self._trial_clause(trial.id, trial.experiment, {"status": "reserved"}))
             .values(heartbeat=self._db.dialect.now())
         )
-        return self._write(lambda conn: conn.execute(statement).rowcount, repeatable=True)
+        return self._write_one(statement, repeatable=True)
 
     # --- algorithm lock ----------------------------------------------------------
 
@@ -405,7 +369,7 @@ class SQL(BaseStorageProtocol):
 
     def delete_algorithm_lock(self, experiment=None, uid=None):
         statement = delete(algo_locks).where(AlgoLockRow.experiment_id == get_uid(experiment, uid))
-        return self._write(lambda conn: conn.execute(statement).rowcount)
+        return self._write_one(statement)
 
     def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
         """Hold the experiment's algorithm lock for a ``with`` block (see orion_sql.algo_lock).
@@ -439,7 +403,7 @@ class SQL(BaseStorageProtocol):
 
     def _count_trials(self, experiment, status: str) -> int:
         statement = select(func.count()).where(TrialRow.experiment_id == experiment.id, TrialRow.status == status)
-        return self._read(lambda conn: conn.execute(statement).scalar_one())
+        return self._read(lambda conn: conn.execute(statement).scalar_one(), atomic=False)
 
     def _select_trials(self, clause: ColumnElement[bool]) -> list[Trial]:
         """Trials matching `clause`, by submit time, in two statements whatever their number."""
@@ -450,13 +414,14 @@ class SQL(BaseStorageProtocol):
         """Build Trials from their rows, loading the params and results of all at once."""
         if not rows:
             return []
-        return self._trials(rows, conn.execute(values_of_trials(select(TrialRow.id).where(clause))))
+        values = conn.execute(statements.values_of_trials(select(TrialRow.id).where(clause))).mappings()
+        return self._trials(rows, values)
 
     @staticmethod
     def _trials(rows, values) -> list[Trial]:
-        """Trials from their rows and the result of a :func:`values_of_trials` statement."""
+        """Trials from their rows and the rows of their values (see statements.values_of_trials)."""
         by_trial = {row.id: {"params": [], "results": []} for row in rows}
-        for value in values.mappings():
+        for value in values:
             by_trial[value["trial_id"]][value["kind"]].append(codec.value_document(value))
         return [Trial(**codec.trial_document(row._mapping, **by_trial[row.id])) for row in rows]
 

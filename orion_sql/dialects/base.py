@@ -30,6 +30,8 @@ class Dialect:
     name: str
     # Whether a transaction can hold a row lock that others wait on (see algo_lock).
     has_row_locks: bool
+    # Whether a statement may write inside WITH (then select what it wrote): see statements.
+    writes_in_with: bool = False
 
     def engine_options(self) -> dict[str, Any]:
         """Extra keyword arguments for `sqlalchemy.create_engine`."""
@@ -38,9 +40,10 @@ class Dialect:
     def prepare_engine(self, engine: Engine) -> None:
         """Install per-connection settings and transaction handling on a new engine."""
 
-    def read_options(self) -> dict[str, Any]:
-        """Execution options of a read transaction: its statements must see one snapshot."""
-        return {}
+    def transaction_options(self, write: bool, atomic: bool) -> dict[str, Any]:
+        """Execution options for work that writes or not, and whose statements must
+        share one transaction (`atomic`) or may each commit on their own."""
+        return {WRITE_OPTION: True} if write else {}
 
     def now(self, minus: datetime.timedelta | None = None) -> ColumnElement[datetime.datetime]:
         """The database server's clock as naive UTC, optionally `minus` a duration."""
@@ -54,6 +57,15 @@ class Dialect:
 
     def sync_id_sequence(self, conn: Connection, table: Table, explicit_id: int) -> None:
         """After inserting an explicit id, keep future generated ids clear of it."""
+
+    def upsert_values(self, table: Table, trial_id: ColumnElement, bind: str):
+        """Where `writes_in_with`: a CTE upserting into the params or results `table`,
+        by (trial_id, position), the rows :meth:`values_payload` encoded in `bind`."""
+        raise NotImplementedError(f"{self.name} cannot write inside WITH")
+
+    def values_payload(self, rows: list[dict]) -> str:
+        """Rows of :func:`codec.value_rows` encoded for :meth:`upsert_values`."""
+        raise NotImplementedError(f"{self.name} cannot write inside WITH")
 
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         """Inside a transaction: wait at most `seconds` for a row lock (row-locking databases)."""

@@ -1,12 +1,14 @@
 """PostgreSQL: many machines, row locks, the server's clock."""
 from __future__ import annotations
 
+import json
 import zlib
 
-from sqlalchemy import Engine, Numeric, Text, cast, event, func, literal, select, text
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy import JSON, Engine, Float, Integer, Numeric, Text, bindparam, cast, column, event, func, literal, select, text, true
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.exc import DBAPIError
 
+from orion_sql import codec
 from orion_sql.dialects.base import Dialect, ErrorKind, JsonPath
 from orion_sql.models import UtcDateTime
 
@@ -14,6 +16,9 @@ from orion_sql.models import UtcDateTime
 MIGRATION_LOCK_KEY = zlib.crc32(b"orion_sql schema migration")
 # The server notices a vanished client (and drops its locks) within about a minute.
 KEEPALIVE_SETTINGS = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+
+# The columns of params and results that upsert_values writes, besides trial_id.
+_VALUE_FIELDS = ("position", "name", "type", "value", "numeric_value", "text_value")
 
 _SQLSTATES = {
     "23505": ErrorKind.UNIQUE_VIOLATION,
@@ -27,6 +32,7 @@ _SQLSTATES = {
 class PostgreSQLDialect(Dialect):
     name = "postgresql"
     has_row_locks = True
+    writes_in_with = True
 
     def engine_options(self):
         return {
@@ -46,10 +52,15 @@ class PostgreSQLDialect(Dialect):
                 cursor.execute(statement)
             dbapi_connection.commit()
 
-    def read_options(self):
-        # READ COMMITTED gives each statement its own snapshot: trials read by one
-        # statement and their params by the next could disagree.
-        return {"isolation_level": "REPEATABLE READ"}
+    def transaction_options(self, write, atomic):
+        if not atomic:
+            # Each statement commits itself: no BEGIN and COMMIT round trips.
+            return {"isolation_level": "AUTOCOMMIT"}
+        if not write:
+            # READ COMMITTED gives each statement its own snapshot: trials read by one
+            # statement and their params by the next could disagree.
+            return {"isolation_level": "REPEATABLE READ"}
+        return {}
 
     def now(self, minus=None):
         now = func.timezone("UTC", func.statement_timestamp(), type_=UtcDateTime)
@@ -66,6 +77,45 @@ class PostgreSQLDialect(Dialect):
                 " WHERE :id > coalesce(pg_sequence_last_value(seq::regclass), 0)"
             ),
             {"id": explicit_id, "table": table.name},
+        )
+
+    def upsert_values(self, table, trial_id, bind):
+        # Every field travels as text: a JSON null must stay JSON null (json_to_recordset
+        # would make it SQL NULL), and floats come as PostgreSQL reads them ('NaN', 'inf').
+        new = (
+            func.json_to_recordset(cast(bindparam(bind, type_=Text), JSON))
+            .table_valued(*(column(name, Text) for name in _VALUE_FIELDS))
+            .render_derived(name="new_values", with_types=True)
+        )
+        rows = select(
+            trial_id,
+            cast(new.c.position, Integer),
+            new.c.name,
+            new.c.type,
+            cast(new.c.value, JSON),
+            cast(new.c.numeric_value, Float(53)),
+            new.c.text_value,
+        ).select_from(trial_id.table.join(new, true()))  # one trial row, each of its new values
+        upsert = insert(table).from_select(["trial_id", *_VALUE_FIELDS], rows)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["trial_id", "position"],
+            set_={name: upsert.excluded[name] for name in _VALUE_FIELDS if name != "position"},
+        )
+        return upsert.cte(f"upserted_{table.name}")
+
+    def values_payload(self, rows):
+        return json.dumps(
+            [
+                {
+                    "position": str(row["position"]),
+                    "name": row["name"],
+                    "type": row["type"],
+                    "value": codec.dumps(row["value"]),
+                    "numeric_value": None if row["numeric_value"] is None else repr(row["numeric_value"]),
+                    "text_value": row["text_value"],
+                }
+                for row in rows
+            ]
         )
 
     def set_lock_timeout(self, conn, seconds):

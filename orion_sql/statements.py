@@ -1,0 +1,142 @@
+"""The storage's hot-path statements, built once per storage and bound per call.
+
+Reading trials with their values, reserving a trial and completing one run many
+times per trial; building their statements once keeps SQLAlchemy's per-call work
+to binding. Where the database can write inside ``WITH`` (PostgreSQL),
+reservation is a single statement: one round trip.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, union_all, update
+from sqlalchemy.sql import CompoundSelect, Update
+
+from orion_sql import codec
+from orion_sql.dialects import Dialect
+from orion_sql.models import PENDING_STATUSES, ParamRow, ResultRow, TrialRow
+
+trials = TrialRow.__table__
+results = ResultRow.__table__
+
+# What push_trial_results writes besides results. The trial's `id` (hash of params,
+# lie and parent) and experiment select the row, so those are already equal.
+PUSHED_FIELDS = ("status", "worker", "exp_working_dir", "submit_time", "start_time", "end_time", "heartbeat")
+
+# A reserved trial's row, and the rows of its params and results.
+Reserved = tuple[Row, list]
+# Completion: (connection, binds of the trial's update, new results) -> the trial's id.
+Complete = Callable[[Connection, dict, list], Optional[int]]
+
+
+def values_of_trials(trial_ids) -> CompoundSelect:
+    """Params and results of the trials whose ids `trial_ids` gives, in order, in one statement."""
+
+    def values_of(model, kind: str):
+        columns = (literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, model.value)
+        return select(*columns).where(model.trial_id.in_(trial_ids))
+
+    return union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by("trial_id", "kind", "position")
+
+
+def completion(dialect: Dialect) -> Complete:
+    """push_trial_results' work: update a reserved trial (bind ``trial_hash``,
+    ``experiment`` and ``new_<column>`` for PUSHED_FIELDS) and replace its results;
+    returns the trial's id, or None when no such trial is reserved."""
+    columns = [codec.TRIAL_FIELDS[key][0] for key in PUSHED_FIELDS]
+    set_trial = (
+        update(trials)
+        .where(TrialRow.hash == bindparam("trial_hash"), TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == "reserved")
+        .values({column: bindparam(f"new_{column}") for column in columns})
+        .returning(TrialRow.id)
+    )
+    if dialect.writes_in_with:
+        return _completion_in_one_statement(set_trial, dialect)
+    clear_results = delete(ResultRow).where(ResultRow.trial_id == bindparam("trial"))
+    add_results = insert(results)
+
+    def update_then_replace(conn: Connection, binds: dict, new_results: list) -> Optional[int]:
+        trial_id = conn.execute(set_trial, binds).scalar()
+        if trial_id is not None:
+            conn.execute(clear_results, {"trial": trial_id})
+            rows = codec.value_rows(trial_id, new_results)
+            if rows:
+                conn.execute(add_results, rows)
+        return trial_id
+
+    return update_then_replace
+
+
+def _completion_in_one_statement(set_trial: Update, dialect: Dialect) -> Complete:
+    """Completion as one statement: the UPDATE in ``WITH``, the results beyond the new
+    ones deleted, the new ones upserted by (trial_id, position). The delete and the
+    upsert touch different rows, so the order PostgreSQL runs them in is immaterial."""
+    updated = set_trial.cte("updated")
+    stale = delete(ResultRow).where(ResultRow.trial_id == updated.c.id, ResultRow.position >= bindparam("count")).cte("stale")
+    statement = select(updated.c.id).add_cte(stale, dialect.upsert_values(results, updated.c.id, "new_values"))
+
+    def update_and_replace(conn: Connection, binds: dict, new_results: list) -> Optional[int]:
+        rows = codec.value_rows(None, new_results)
+        payload = {"count": len(rows), "new_values": dialect.values_payload(rows)}
+        return conn.execute(statement, {**binds, **payload}).scalar()
+
+    return update_and_replace
+
+
+def reservation(dialect: Dialect) -> Callable[[Connection, int], Optional[Reserved]]:
+    """reserve_trial's work: reserve the oldest pending trial of an experiment and
+    return its row and the rows of its values, or None when none is pending.
+
+    The UPDATE takes the oldest pending trial through one locked sub-select per
+    pending status, each reading the first unlocked row of the (experiment_id,
+    status, id) index: with ``status IN (...)``, planners walk the primary key
+    through every completed trial instead.
+    """
+
+    def first_unlocked(status: str):
+        return (
+            select(TrialRow.id)
+            .where(TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == status)
+            .order_by(TrialRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+
+    candidates = union_all(*(select(first_unlocked(status).label("id")) for status in PENDING_STATUSES)).subquery()
+    now = dialect.now()
+    reserve = (
+        update(trials)
+        .where(TrialRow.id == select(func.min(candidates.c.id)).scalar_subquery())
+        .values(status="reserved", start_time=now, heartbeat=now)
+        .returning(trials)
+    )
+    if dialect.writes_in_with:
+        return _in_one_statement(reserve)
+    values = values_of_trials([bindparam("trial")])
+
+    def reserve_then_read(conn: Connection, experiment_id: int) -> Optional[Reserved]:
+        row = conn.execute(reserve, {"experiment": experiment_id}).first()
+        return None if row is None else (row, list(conn.execute(values, {"trial": row.id}).mappings()))
+
+    return reserve_then_read
+
+
+def _in_one_statement(reserve: Update) -> Callable[[Connection, int], Optional[Reserved]]:
+    """Reservation as ``WITH picked AS (UPDATE ... RETURNING *) SELECT picked, values``:
+    one row per param and result of the reserved trial (one row if it has none)."""
+    picked = reserve.cte("picked")
+    values = values_of_trials(select(picked.c.id)).subquery("trial_values")
+    statement = (
+        select(picked, values.c.kind, values.c.trial_id, values.c.position, values.c.name, values.c.type, values.c.value)
+        .select_from(picked.outerjoin(values, values.c.trial_id == picked.c.id))
+        .order_by(values.c.kind, values.c.position)
+    )
+
+    def reserve_and_read(conn: Connection, experiment_id: int) -> Optional[Reserved]:
+        rows = conn.execute(statement, {"experiment": experiment_id}).all()
+        if not rows:
+            return None
+        return rows[0], [row._mapping for row in rows if row.kind is not None]
+
+    return reserve_and_read
