@@ -237,7 +237,7 @@ class SQL(BaseStorageProtocol):
 
         def reserve_one(conn):
             reserved = self._reservation(conn, experiment.id)
-            return None if reserved is None else self._trials([reserved[0]], reserved[1])[0]
+            return None if reserved is None else Trial(**statements.documents([reserved[0]], reserved[1])[0])
 
         # Not atomic: the reservation commits by itself, with no BEGIN or COMMIT round
         # trips; values read after it belong to this worker alone.
@@ -406,24 +406,10 @@ class SQL(BaseStorageProtocol):
         return self._read(lambda conn: conn.execute(statement).scalar_one(), atomic=False)
 
     def _select_trials(self, clause: ColumnElement[bool]) -> list[Trial]:
-        """Trials matching `clause`, by submit time, in two statements whatever their number."""
-        statement = select(trials).where(clause).order_by(TrialRow.submit_time.asc().nulls_first(), TrialRow.id)
-        return self._read(lambda conn: self._with_values(conn, conn.execute(statement).all(), clause))
-
-    def _with_values(self, conn: Connection, rows, clause: ColumnElement[bool]) -> list[Trial]:
-        """Build Trials from their rows, loading the params and results of all at once."""
-        if not rows:
-            return []
-        values = conn.execute(statements.values_of_trials(select(TrialRow.id).where(clause))).mappings()
-        return self._trials(rows, values)
-
-    @staticmethod
-    def _trials(rows, values) -> list[Trial]:
-        """Trials from their rows and the rows of their values (see statements.values_of_trials)."""
-        by_trial = {row.id: {"params": [], "results": []} for row in rows}
-        for value in values:
-            by_trial[value["trial_id"]][value["kind"]].append(codec.value_document(value))
-        return [Trial(**codec.trial_document(row._mapping, **by_trial[row.id])) for row in rows]
+        """Trials matching `clause`, by submit time, with their values (one snapshot)."""
+        order = TrialRow.submit_time.asc().nulls_first()
+        found = self._read(lambda conn: statements.trial_documents(conn, clause, order))
+        return [Trial(**document) for document in found]
 
     def _insert_values(self, conn: Connection, trial_ids: list[int], document: Mapping, replace=False) -> None:
         """Insert (or `replace`) the params and/or results `document` gives, for these trials."""

@@ -10,11 +10,11 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from tqdm import tqdm
 
-from orion_sql import codec
 from orion_sql.models import ParamRow, ResultRow, TrialRow
+from orion_sql.statements import trial_documents
 
 VALUE_MODELS = {"params": ParamRow, "results": ResultRow}
 
@@ -41,16 +41,4 @@ class Summary:
 
 def experiment_trials(conn: Connection, experiment_id: int) -> list[dict[str, Any]]:
     """The trial documents of one experiment, as ``Trial.to_dict()`` gives them, by id."""
-    statement = select(TrialRow.__table__).where(TrialRow.experiment_id == experiment_id).order_by(TrialRow.id)
-    rows = conn.execute(statement).mappings().all()
-    values = {row["id"]: {key: [] for key in VALUE_MODELS} for row in rows}
-    for key, model in VALUE_MODELS.items():
-        statement = (
-            select(model.__table__)
-            .join(TrialRow, model.trial_id == TrialRow.id)
-            .where(TrialRow.experiment_id == experiment_id)
-            .order_by(model.trial_id, model.position)
-        )
-        for value in conn.execute(statement).mappings():
-            values[value["trial_id"]][key].append(codec.value_document(value))
-    return [codec.trial_document(row, **values[row["id"]]) for row in rows]
+    return trial_documents(conn, TrialRow.experiment_id == experiment_id)
