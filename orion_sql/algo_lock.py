@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import os
 import pickle
-import socket
 import threading
 import time
 import uuid
@@ -32,7 +30,7 @@ from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 from sqlalchemy import Connection, and_, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from orion_sql.database import Database
+from orion_sql.database import Database, process_name
 from orion_sql.dialects import ErrorKind
 from orion_sql.models import AlgoLockRow
 
@@ -175,7 +173,7 @@ class LeaseLock(AlgorithmLock):
 
     @contextlib.contextmanager
     def acquire(self, experiment_id, timeout, retry_interval) -> Iterator[LockedAlgorithmState]:
-        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        owner = f"{process_name()}:{uuid.uuid4().hex[:8]}"  # this acquisition, not just this process
         row = self._take(experiment_id, owner, timeout, retry_interval)
         locked = _locked_state(row, locked=True)
         heartbeat = _Heartbeat(self, experiment_id, owner)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 import time
 from typing import Callable, Iterator, TypeVar
 
@@ -106,6 +107,11 @@ class Database:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(make_url(state["url"]))
+
+
+def process_name() -> str:
+    """How this process names itself in the database (trial worker, lock owner): host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _first_line(error: DBAPIError) -> str:

@@ -25,6 +25,8 @@ PUSHED_FIELDS = ("status", "worker", "exp_working_dir", "submit_time", "start_ti
 
 # A reserved trial's row, and the rows of its params and results.
 Reserved = tuple[Row, list]
+# Reservation: (connection, experiment id, worker name) -> the reserved trial, if any.
+Reserve = Callable[[Connection, int, str], Optional[Reserved]]
 # Completion: (connection, binds of the trial's update, new results) -> the trial's id.
 Complete = Callable[[Connection, dict, list], Optional[int]]
 
@@ -102,9 +104,10 @@ def _completion_in_one_statement(set_trial: Update, dialect: Dialect) -> Complet
     return update_and_replace
 
 
-def reservation(dialect: Dialect) -> Callable[[Connection, int], Optional[Reserved]]:
-    """reserve_trial's work: reserve the oldest pending trial of an experiment and
-    return its row and the rows of its values, or None when none is pending.
+def reservation(dialect: Dialect) -> Reserve:
+    """reserve_trial's work: reserve the oldest pending trial of an experiment for a
+    worker (recorded as the trial's ``worker``) and return the trial's row and the
+    rows of its values, or None when none is pending.
 
     The UPDATE takes the oldest pending trial through one locked sub-select per
     pending status, each reading the first unlocked row of the (experiment_id,
@@ -127,21 +130,21 @@ def reservation(dialect: Dialect) -> Callable[[Connection, int], Optional[Reserv
     reserve = (
         update(trials)
         .where(TrialRow.id == select(func.min(candidates.c.id)).scalar_subquery())
-        .values(status="reserved", start_time=now, heartbeat=now)
+        .values(status="reserved", start_time=now, heartbeat=now, worker=bindparam("reserving_worker"))
         .returning(trials)
     )
     if dialect.writes_in_with:
         return _in_one_statement(reserve)
     values = values_of_trials([bindparam("trial")])
 
-    def reserve_then_read(conn: Connection, experiment_id: int) -> Optional[Reserved]:
-        row = conn.execute(reserve, {"experiment": experiment_id}).first()
+    def reserve_then_read(conn: Connection, experiment_id: int, worker: str) -> Optional[Reserved]:
+        row = conn.execute(reserve, {"experiment": experiment_id, "reserving_worker": worker}).first()
         return None if row is None else (row, list(conn.execute(values, {"trial": row.id}).mappings()))
 
     return reserve_then_read
 
 
-def _in_one_statement(reserve: Update) -> Callable[[Connection, int], Optional[Reserved]]:
+def _in_one_statement(reserve: Update) -> Reserve:
     """Reservation as ``WITH picked AS (UPDATE ... RETURNING *) SELECT picked, values``:
     one row per param and result of the reserved trial (one row if it has none)."""
     picked = reserve.cte("picked")
@@ -152,8 +155,8 @@ def _in_one_statement(reserve: Update) -> Callable[[Connection, int], Optional[R
         .order_by(values.c.kind, values.c.position)
     )
 
-    def reserve_and_read(conn: Connection, experiment_id: int) -> Optional[Reserved]:
-        rows = conn.execute(statement, {"experiment": experiment_id}).all()
+    def reserve_and_read(conn: Connection, experiment_id: int, worker: str) -> Optional[Reserved]:
+        rows = conn.execute(statement, {"experiment": experiment_id, "reserving_worker": worker}).all()
         if not rows:
             return None
         return rows[0], [row._mapping for row in rows if row.kind is not None]

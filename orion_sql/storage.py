@@ -25,7 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import codec, statements
 from orion_sql.algo_lock import algorithm_lock
-from orion_sql.database import Database, MissingReference
+from orion_sql.database import Database, MissingReference, process_name
 from orion_sql.engine import redact, resolve_url
 from orion_sql.models import (
     PENDING_STATUSES,
@@ -236,7 +236,7 @@ class SQL(BaseStorageProtocol):
         """
 
         def reserve_one(conn):
-            reserved = self._reservation(conn, experiment.id)
+            reserved = self._reservation(conn, experiment.id, process_name())
             return None if reserved is None else Trial(**statements.documents([reserved[0]], reserved[1])[0])
 
         # Not atomic: the reservation commits by itself, with no BEGIN or COMMIT round

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import os
+import socket
 
 import orion.core
 import pytest
@@ -420,3 +422,17 @@ def test_client_reserve_of_a_given_trial(storage):
         assert abs((stored.heartbeat - datetime.datetime.utcnow()).total_seconds()) < 5
     finally:
         client.release(trial, "interrupted")
+
+
+def test_reserve_trial_records_the_reserving_worker(storage):
+    """Oríon 0.2.7 never sets `worker`; the storage records which process reserved the
+    trial (host:pid), and a worker pushed with the results wins."""
+    config = new_experiment(storage)
+    storage.register_trial(make_trial(config["_id"], 0.5))
+    reserved = storage.reserve_trial(experiment_of(storage, config))
+    assert reserved.worker == f"{socket.gethostname()}:{os.getpid()}"
+    assert storage.get_trial(reserved).worker == reserved.worker
+    reserved.status, reserved.worker = "completed", "gpu-node-7"
+    reserved.results = [Trial.Result(name="objective", type="objective", value=1.0)]
+    storage.push_trial_results(reserved)
+    assert storage.get_trial(reserved).worker == "gpu-node-7"
