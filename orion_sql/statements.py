@@ -2,8 +2,9 @@
 
 Reading trials with their values, reserving a trial and completing one run many
 times per trial; building their statements once keeps SQLAlchemy's per-call work
-to binding. Where the database can write inside ``WITH`` (PostgreSQL),
-reservation is a single statement: one round trip.
+to binding. Where the database can write inside ``WITH`` (PostgreSQL), reserving
+a trial (with its values) and completing one (with its results) are single
+statements: one round trip each.
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ def reservation(dialect: Dialect) -> Reserve:
         .returning(trials)
     )
     if dialect.writes_in_with:
-        return _in_one_statement(reserve)
+        return _reservation_in_one_statement(reserve)
     values = values_of_trials([bindparam("trial")])
 
     def reserve_then_read(conn: Connection, experiment_id: int, worker: str) -> Optional[Reserved]:
@@ -144,7 +145,7 @@ def reservation(dialect: Dialect) -> Reserve:
     return reserve_then_read
 
 
-def _in_one_statement(reserve: Update) -> Reserve:
+def _reservation_in_one_statement(reserve: Update) -> Reserve:
     """Reservation as ``WITH picked AS (UPDATE ... RETURNING *) SELECT picked, values``:
     one row per param and result of the reserved trial (one row if it has none)."""
     picked = reserve.cte("picked")
