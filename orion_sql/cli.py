@@ -25,7 +25,7 @@ from orion_sql.engine import ConfigurationError, configured_url, redact
 from orion_sql.exporter import export_to_pickleddb
 from orion_sql.importer import ConflictError, import_documents
 from orion_sql.legacy_db import LegacyDatabaseError, describe, read_source
-from orion_sql.schema import SchemaState, current_revision, downgrade, head_revision, state_of, upgrade
+from orion_sql.schema import SchemaState, downgrade, head_revision, read_state, upgrade
 from orion_sql.transfer import TransferError
 
 EXIT_ERROR = 1  # argparse itself exits with 2 on a usage error
@@ -160,7 +160,7 @@ def _add_database_options(parser: argparse.ArgumentParser, prompt: bool) -> None
 
 
 def run_upgrade(database: Database, args: argparse.Namespace) -> int:
-    revision, state = _state(database)
+    revision, state = read_state(database)
     head = head_revision()
     if state is SchemaState.NEWER:
         raise CommandFailed(_newer_message(revision))
@@ -175,7 +175,7 @@ def run_upgrade(database: Database, args: argparse.Namespace) -> int:
 
 
 def run_current(database: Database, args: argparse.Namespace) -> int:
-    revision, state = _state(database)
+    revision, state = read_state(database)
     print(f"database: {redact(database.url)}")
     print(f"revision: {_name(revision)}")
     print(f"head:     {head_revision()} (orion_sql {__version__})")
@@ -188,7 +188,7 @@ def run_current(database: Database, args: argparse.Namespace) -> int:
 
 
 def run_downgrade(database: Database, args: argparse.Namespace) -> int:
-    revision, state = _state(database)
+    revision, state = read_state(database)
     if state is SchemaState.NEWER:
         raise CommandFailed(_newer_message(revision))
     if state is SchemaState.EMPTY:
@@ -239,7 +239,7 @@ def run_export(database: Database, args: argparse.Namespace) -> int:
 
 def _require_schema(database: Database, allow_empty: bool) -> None:
     """Refuse a database whose schema is not at head (an empty one too, unless `allow_empty`)."""
-    revision, state = _state(database)
+    revision, state = read_state(database)
     if state is SchemaState.NEWER:
         raise CommandFailed(_newer_message(revision))
     if state is SchemaState.OUTDATED:
@@ -255,12 +255,6 @@ def _progress(**options):
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _state(database: Database) -> tuple[Optional[str], SchemaState]:
-    with database.transaction() as conn:
-        revision = current_revision(conn)
-    return revision, state_of(revision)
 
 
 def _confirmed(args: argparse.Namespace, question: str) -> bool:

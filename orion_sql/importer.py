@@ -24,14 +24,13 @@ import datetime
 from collections import Counter, defaultdict
 from typing import Any, Hashable, Optional
 
-from alembic import command
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from orion_sql import codec
 from orion_sql.database import Database
 from orion_sql.legacy_db import LegacyDocuments
 from orion_sql.models import PARAM_TYPES, RESULT_TYPES, AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow
-from orion_sql.schema import SchemaState, alembic_config, current_revision, head_revision, state_of
+from orion_sql.schema import SchemaState, head_revision, initialise_if_empty, state_of
 from orion_sql.transfer import NO_PROGRESS, VALUE_MODELS, Progress, Summary, TransferError, experiment_trials
 
 experiments: Table = ExperimentRow.__table__
@@ -72,12 +71,8 @@ def import_documents(
 def _schema_at_head(database: Database, conn: Connection) -> None:
     """Inside the import's transaction: create the schema of an empty database, so a
     failed import leaves even an empty database as it was; refuse another revision."""
-    database.dialect.lock_for_migration(conn)
-    revision = current_revision(conn)
-    state = state_of(revision)
-    if state is SchemaState.EMPTY:
-        command.upgrade(alembic_config(conn), "head")
-    elif state is not SchemaState.CURRENT:
+    revision = initialise_if_empty(database, conn)
+    if state_of(revision) not in (SchemaState.EMPTY, SchemaState.CURRENT):
         raise TransferError(f"the database is at revision {revision}, not at this orion_sql's head {head_revision()}")
 
 

@@ -72,6 +72,23 @@ def state_of(revision: Optional[str]) -> SchemaState:
     return SchemaState.OUTDATED if revision in revisions() else SchemaState.NEWER
 
 
+def read_state(database: Database) -> tuple[Optional[str], SchemaState]:
+    """The database's revision, and what it means for this orion_sql."""
+    with database.transaction() as conn:
+        revision = current_revision(conn)
+    return revision, state_of(revision)
+
+
+def initialise_if_empty(database: Database, conn: Connection) -> Optional[str]:
+    """Inside a write transaction: take the migration lock and give an empty database
+    the whole schema. Returns the revision found under the lock (None: it was empty)."""
+    database.dialect.lock_for_migration(conn)
+    revision = current_revision(conn)
+    if revision is None:
+        command.upgrade(alembic_config(conn), "head")
+    return revision
+
+
 def migrate(database: Database, alembic_command: Callable[[Config], None]) -> tuple[Optional[str], Optional[str]]:
     """Run an Alembic command in one write transaction that other migrators wait for.
 
@@ -100,10 +117,10 @@ def ensure_schema(database: Database) -> None:
     Many workers may start at once on an empty database: they queue on the
     migration lock, and all but the first find the schema already there.
     """
-    with database.transaction() as conn:
-        state = state_of(current_revision(conn))
+    _, state = read_state(database)
     if state is SchemaState.EMPTY:
-        migrate(database, _upgrade_if_empty)
+        with database.transaction(write=True) as conn:
+            initialise_if_empty(database, conn)
     elif state is SchemaState.OUTDATED:
         raise OutdatedDatabaseError(
             f"The database is outdated. You can upgrade it with the command "
@@ -115,7 +132,3 @@ def ensure_schema(database: Database) -> None:
             f"the one installed (orion_sql {__version__}); upgrade orion_sql."
         )
 
-
-def _upgrade_if_empty(config: Config) -> None:
-    if current_revision(config.attributes["connection"]) is None:
-        command.upgrade(config, "head")
