@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 
-from orion_sql.engine import DEFAULT_SQLITE_PATH
+from orion_sql.location import DEFAULT_SQLITE_PATH
 
 EXPERIMENT = "orion-sql-demo"
 TRIALS_PER_RUN = 24

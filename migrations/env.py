@@ -10,11 +10,14 @@ from logging.config import fileConfig
 from alembic import context
 
 from orion_sql.database import Database
-from orion_sql.engine import configured_url
+from orion_sql.location import configured_url
 from orion_sql.models import Base
-from orion_sql.schema import VERSION_TABLE
 
 config = context.config
+# Set by orion_sql.schema.alembic_config, and by alembic.ini for the alembic command.
+VERSION_TABLE = config.get_main_option("version_table")
+if not VERSION_TABLE:
+    raise RuntimeError("the Alembic configuration names no version_table (orion_sql keeps its own)")
 if config.config_file_name and config.attributes.get("connection") is None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)  # the alembic CLI
 

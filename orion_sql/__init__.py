@@ -2,8 +2,8 @@
 
 Configure Oríon with ``storage: {type: sql}``; see the README.
 """
-__version__ = "0.1.0"
 
-from orion_sql.storage import SQL  # noqa: E402 (after __version__, which schema reads)
+from orion_sql.storage import SQL
+from orion_sql.version import __version__
 
 __all__ = ["SQL", "__version__"]

@@ -93,7 +93,7 @@ class RowLock(AlgorithmLock):
             free = conn.execute(lockable.with_for_update(skip_locked=True)).first()
             return _locked_state(row, locked=free is None)
 
-        return self.database.run(read, write=False, repeatable=True)
+        return self.database.run(read, write=False)
 
     def release(self, experiment_id, new_state=None):
         def release(conn: Connection):
@@ -109,12 +109,12 @@ class RowLock(AlgorithmLock):
                 conn.execute(update(algo_locks).where(_this_lock(experiment_id)).values(**self._saved(new_state)))
             return int(row is not None)
 
-        return self.database.run(release, write=True, repeatable=True)
+        return self.database.run(release, write=True, idempotent=True)
 
     @contextlib.contextmanager
     def acquire(self, experiment_id, timeout, retry_interval) -> Iterator[LockedAlgorithmState]:
         del retry_interval  # waiters block on the row lock: nothing to poll
-        with self.database.engine.connect() as conn, conn.begin():
+        with self.database.transaction(write=True) as conn:
             row = self._wait_for_row(conn, experiment_id, timeout)
             locked = _locked_state(row, locked=True)
             try:
@@ -161,7 +161,7 @@ class LeaseLock(AlgorithmLock):
             row = conn.execute(select(algo_locks, held.label("held")).where(_this_lock(experiment_id))).first()
             return None if row is None else _locked_state(row, locked=bool(row.held))
 
-        return self.database.run(read, write=False, repeatable=True)
+        return self.database.run(read, write=False)
 
     def _freed(self, state) -> dict:
         values = {"locked": False, "owner": None, "heartbeat": self.database.dialect.now()}
@@ -169,7 +169,7 @@ class LeaseLock(AlgorithmLock):
 
     def release(self, experiment_id, new_state=None):
         statement = update(algo_locks).where(_this_lock(experiment_id)).values(**self._freed(new_state))
-        return self.database.run(lambda conn: conn.execute(statement).rowcount, write=True, repeatable=True)
+        return self.database.run(lambda conn: conn.execute(statement).rowcount, write=True, idempotent=True)
 
     @contextlib.contextmanager
     def acquire(self, experiment_id, timeout, retry_interval) -> Iterator[LockedAlgorithmState]:
@@ -231,7 +231,7 @@ class LeaseLock(AlgorithmLock):
             .where(_this_lock(experiment_id), AlgoLockRow.owner == owner)
             .values(heartbeat=self.database.dialect.now())
         )
-        self.database.run(lambda conn: conn.execute(statement), write=True, repeatable=True)
+        self.database.run(lambda conn: conn.execute(statement), write=True, idempotent=True)
 
 
 class _Heartbeat:

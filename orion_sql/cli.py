@@ -5,7 +5,7 @@ orion_sql's Alembic revisions, with the manners of Oríon's CLI (a warning, a
 y/N prompt, ``-f/--force``, ``-c/--config``). `import` and `export` copy
 experiments from and to Oríon's legacy storage (see :mod:`orion_sql.importer`
 and :mod:`orion_sql.exporter`).
-The database is found as the storage finds it (see :func:`orion_sql.engine.configured_url`).
+The database is found as the storage finds it (see :func:`orion_sql.location.configured_url`).
 """
 from __future__ import annotations
 
@@ -13,20 +13,21 @@ import argparse
 import logging
 import sys
 import textwrap
-from typing import Optional, Sequence
+from typing import Sequence
 
 from alembic.util import CommandError
+from orion.core.io.database import OutdatedDatabaseError
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
-from orion_sql import __version__
 from orion_sql.database import Database
-from orion_sql.engine import ConfigurationError, configured_url, redact
 from orion_sql.exporter import export_to_pickleddb
 from orion_sql.importer import ConflictError, import_documents
 from orion_sql.legacy_db import LegacyDatabaseError, describe, read_source
-from orion_sql.schema import SchemaState, downgrade, head_revision, read_state, upgrade
+from orion_sql.location import ConfigurationError, configured_url, redact
+from orion_sql.schema import NewerDatabaseError, SchemaState, downgrade, head_revision, read_status, upgrade
 from orion_sql.transfer import TransferError
+from orion_sql.version import __version__
 
 EXIT_ERROR = 1  # argparse itself exits with 2 on a usage error
 EXIT_INTERRUPTED = 130
@@ -46,7 +47,7 @@ class CommandFailed(Exception):
     """An expected failure, reported as one line on stderr."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `orion-sql` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
@@ -60,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return args.run(database, args)
         finally:
             database.dispose()
-    except (CommandFailed, ConfigurationError, CommandError) as error:
+    except (CommandFailed, ConfigurationError, CommandError, OutdatedDatabaseError, NewerDatabaseError) as error:
         return _fail(_first_line(error), url)
     except DBAPIError as error:
         return _fail(f"cannot use the database {redact(url)}: {_first_line(error.orig)}", url)
@@ -160,14 +161,13 @@ def _add_database_options(parser: argparse.ArgumentParser, prompt: bool) -> None
 
 
 def run_upgrade(database: Database, args: argparse.Namespace) -> int:
-    revision, state = read_state(database)
+    status = read_status(database)
+    status.check(migrating=True)
     head = head_revision()
-    if state is SchemaState.NEWER:
-        raise CommandFailed(_newer_message(revision))
-    if state is SchemaState.CURRENT:
+    if status.state is SchemaState.CURRENT:
         print(f"{redact(database.url)} is already at head {head}; nothing to do.")
         return 0
-    if not _confirmed(args, f"Upgrade {redact(database.url)} from {_name(revision)} to {head}?"):
+    if not _confirmed(args, f"Upgrade {redact(database.url)} from {_name(status.revision)} to {head}?"):
         return 0
     before, after = upgrade(database)
     print(f"Upgraded {redact(database.url)} from {_name(before)} to {_name(after)}.")
@@ -175,26 +175,25 @@ def run_upgrade(database: Database, args: argparse.Namespace) -> int:
 
 
 def run_current(database: Database, args: argparse.Namespace) -> int:
-    revision, state = read_state(database)
+    status = read_status(database)
     print(f"database: {redact(database.url)}")
-    print(f"revision: {_name(revision)}")
+    print(f"revision: {_name(status.revision)}")
     print(f"head:     {head_revision()} (orion_sql {__version__})")
-    print(f"state:    {state.value}")
-    if state is SchemaState.OUTDATED:
+    print(f"state:    {status.state.value}")
+    if status.state is SchemaState.OUTDATED:
         print("Run `orion-sql upgrade` to bring it to head.")
-    elif state is SchemaState.NEWER:
-        print(_newer_message(revision))
-    return STATE_EXIT_CODES[state]
+    elif status.state is SchemaState.NEWER:
+        print(status.refusal())
+    return STATE_EXIT_CODES[status.state]
 
 
 def run_downgrade(database: Database, args: argparse.Namespace) -> int:
-    revision, state = read_state(database)
-    if state is SchemaState.NEWER:
-        raise CommandFailed(_newer_message(revision))
-    if state is SchemaState.EMPTY:
+    status = read_status(database)
+    status.check(migrating=True)
+    if status.state is SchemaState.EMPTY:
         print(f"{redact(database.url)} has no orion_sql schema; nothing to downgrade.")
         return 0
-    if not _confirmed(args, f"Downgrade {redact(database.url)} from {revision} to {args.revision}?"):
+    if not _confirmed(args, f"Downgrade {redact(database.url)} from {status.revision} to {args.revision}?"):
         return 0
     before, after = downgrade(database, args.revision)
     print(f"Downgraded {redact(database.url)} from {_name(before)} to {_name(after)}.")
@@ -239,12 +238,9 @@ def run_export(database: Database, args: argparse.Namespace) -> int:
 
 def _require_schema(database: Database, allow_empty: bool) -> None:
     """Refuse a database whose schema is not at head (an empty one too, unless `allow_empty`)."""
-    revision, state = read_state(database)
-    if state is SchemaState.NEWER:
-        raise CommandFailed(_newer_message(revision))
-    if state is SchemaState.OUTDATED:
-        raise CommandFailed(f"{redact(database.url)} is at revision {revision}; run `orion-sql upgrade` first")
-    if state is SchemaState.EMPTY and not allow_empty:
+    status = read_status(database)
+    status.check()
+    if status.state is SchemaState.EMPTY and not allow_empty:
         raise CommandFailed(f"{redact(database.url)} has no orion_sql schema; there is nothing to export")
 
 
@@ -278,15 +274,8 @@ def _ask(question: str) -> str:
         raise CommandFailed("no answer on standard input; use -f/--force to proceed without asking") from None
 
 
-def _name(revision: Optional[str]) -> str:
+def _name(revision: str | None) -> str:
     return revision or "base (no orion_sql schema)"
-
-
-def _newer_message(revision: str) -> str:
-    return (
-        f"the database is at revision {revision}, which orion_sql {__version__} does not know "
-        f"(its head is {head_revision()}): it was upgraded by a newer orion_sql; install that one"
-    )
 
 
 def _first_line(error: BaseException) -> str:

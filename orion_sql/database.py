@@ -1,6 +1,6 @@
-"""One database as a process sees it: an engine, transactions, retries.
+"""One database as a process sees it: its engine, transactions, retries.
 
-The engine is built lazily and rebuilt in a forked child (connections are never
+The engine is built here, tuned by the dialect; it is built lazily and rebuilt in a forked child (connections are never
 shared across a fork); pickling keeps only the URL. Transient failures (deadlock,
 serialization failure, SQLite busy) are retried with jittered backoff; a lost
 connection is retried only for work that is safe to repeat. Anything else
@@ -18,18 +18,21 @@ import time
 from typing import Callable, Iterator, TypeVar
 
 from orion.core.io.database import DuplicateKeyError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
+from orion_sql import exact_json
 from orion_sql.dialects import Dialect, ErrorKind, dialect_for
-from orion_sql.engine import build_engine, redact
+from orion_sql.location import redact
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ATTEMPTS = 6
 FIRST_BACKOFF_SECONDS = 0.01
+# A pooled connection idle longer than this is pinged before it is used again.
+PING_AFTER_IDLE_SECONDS = 2.0
 
 
 class MissingReference(ValueError):
@@ -61,29 +64,31 @@ class Database:
             self._engine.dispose()
 
     @contextlib.contextmanager
-    def transaction(self, write: bool = False, atomic: bool = True) -> Iterator[Connection]:
+    def transaction(self, write: bool = False, autocommit: bool = False) -> Iterator[Connection]:
         """One transaction, committed on success, rolled back on any exception.
 
-        Not `atomic`: the work's statements need not share a transaction (one
+        `autocommit`: the work's statements need not share a transaction (one
         statement, or statements that stand alone), and may each commit by itself.
         """
         with self.engine.connect() as conn:
-            conn.execution_options(**self.dialect.transaction_options(write, atomic))
+            conn.execution_options(**self.dialect.transaction_options(write, autocommit))
             with conn.begin():
                 yield conn
 
-    def run(self, work: Callable[[Connection], T], *, write: bool, repeatable: bool = False, atomic: bool = True) -> T:
+    def run(
+        self, work: Callable[[Connection], T], *, write: bool, idempotent: bool = False, autocommit: bool = False
+    ) -> T:
         """Run `work` in one transaction (see :meth:`transaction`), retrying it after
         transient failures.
 
-        `repeatable` says the work may also be repeated after a lost connection,
-        when it is unknown whether its commit reached the server (reads, and
-        writes that give the same result twice).
+        After a lost connection it is unknown whether a write's commit reached the
+        server: a write is repeated then only if `idempotent` (the same result twice).
+        Reads always are.
         """
         attempt = 0
         while True:
             try:
-                with self.transaction(write, atomic) as conn:
+                with self.transaction(write, autocommit) as conn:
                     return work(conn)
             except DBAPIError as error:
                 kind = self.dialect.classify(error)
@@ -91,7 +96,8 @@ class Database:
                     raise DuplicateKeyError(_first_line(error)) from error
                 if kind is ErrorKind.MISSING_REFERENCE:
                     raise MissingReference(_first_line(error)) from error
-                retry = kind is ErrorKind.TRANSIENT or (kind is ErrorKind.DISCONNECT and repeatable)
+                safe_after_disconnect = idempotent or not write
+                retry = kind is ErrorKind.TRANSIENT or (kind is ErrorKind.DISCONNECT and safe_after_disconnect)
                 attempt += 1
                 if not retry or attempt == ATTEMPTS:
                     raise
@@ -116,3 +122,42 @@ def process_name() -> str:
 
 def _first_line(error: DBAPIError) -> str:
     return str(error.orig).strip().splitlines()[0]
+
+
+def build_engine(url: URL) -> Engine:
+    """An engine for `url`, tuned by its dialect, with exact JSON in JSON columns."""
+    dialect = dialect_for(url)
+    if url.get_backend_name() == "sqlite":
+        os.makedirs(os.path.dirname(url.database), exist_ok=True)
+    engine = create_engine(
+        url,
+        json_serializer=exact_json.dumps,
+        json_deserializer=exact_json.loads,
+        **dialect.engine_options(),
+    )
+    dialect.prepare_engine(engine)
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Pre-ping pooled connections that sat idle long enough to have been dropped.
+
+    A server restart or an idle-connection timeout kills connections while they
+    wait in the pool; a dead one is replaced before use. A connection used
+    moments ago is not pinged: a ping on every checkout would add a round trip
+    to every storage call.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def remember_last_use(dbapi_connection, record):
+        record.info["checked_in"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection, record, proxy):
+        if time.monotonic() - record.info.get("checked_in", time.monotonic()) < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # the pool replaces the connection and tries again
+            raise DisconnectionError(f"pooled connection is dead: {error}") from error

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Table, func, select
 
-from orion_sql import codec
+from orion_sql import mapping
 from orion_sql.database import Database
 from orion_sql.legacy_db import LegacyDocuments, check_destination, write_pickleddb
 from orion_sql.models import AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow
@@ -29,7 +29,7 @@ def export_documents(database: Database, progress: Progress = NO_PROGRESS) -> tu
             total=trial_total, desc="trials", unit="trial"
         ) as trials_bar:
             for row in rows:
-                documents.experiments.append(codec.document_of(row))
+                documents.experiments.append(mapping.document_of(row))
                 found = experiment_trials(conn, row.id)
                 documents.trials.extend(found)
                 trials_bar.update(len(found))
@@ -41,7 +41,7 @@ def export_documents(database: Database, progress: Progress = NO_PROGRESS) -> tu
             for lock in conn.execute(select(algo_locks).order_by(AlgoLockRow.experiment_id))
         ]
         documents.benchmarks = [
-            codec.document_of(row) for row in conn.execute(select(benchmarks).order_by(BenchmarkRow.id))
+            mapping.document_of(row) for row in conn.execute(select(benchmarks).order_by(BenchmarkRow.id))
         ]
     summary.experiments = len(documents.experiments)
     summary.trials = len(documents.trials)

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import datetime
 from collections import Counter, defaultdict
-from typing import Any, Hashable, Optional
+from typing import Any, Hashable
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
-from orion_sql import codec
+from orion_sql import mapping, exact_json
 from orion_sql.database import Database
 from orion_sql.legacy_db import LegacyDocuments
 from orion_sql.models import PARAM_TYPES, RESULT_TYPES, AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow
-from orion_sql.schema import SchemaState, head_revision, initialise_if_empty, state_of
-from orion_sql.transfer import NO_PROGRESS, VALUE_MODELS, Progress, Summary, TransferError, experiment_trials
+from orion_sql.schema import initialise_if_empty
+from orion_sql.rows import VALUE_MODELS
+from orion_sql.transfer import NO_PROGRESS, Progress, Summary, TransferError, experiment_trials
 
 experiments: Table = ExperimentRow.__table__
 trials: Table = TrialRow.__table__
@@ -41,9 +42,9 @@ benchmarks: Table = BenchmarkRow.__table__
 # Trials inserted per round of statements: bounds memory and paces the progress bar.
 TRIAL_PAGE = 2000
 # Every trial column but the id, so that the rows of one executemany share their keys.
-_TRIAL_DEFAULTS = {column: None for key, (column, _) in codec.TRIAL_FIELDS.items() if key != "_id"}
+_TRIAL_DEFAULTS = {column: None for key, (column, _) in mapping.TRIAL_FIELDS.items() if key != "_id"}
 # The trial keys compared between source and database (ids are remapped, so not compared).
-_TRIAL_KEYS = [key for key in codec.TRIAL_FIELDS if key not in ("_id", "experiment")]
+_TRIAL_KEYS = [key for key in mapping.TRIAL_FIELDS if key not in ("_id", "experiment")]
 _VALUE_TYPES = {"params": PARAM_TYPES, "results": RESULT_TYPES}
 
 
@@ -61,19 +62,12 @@ def import_documents(
     """Copy legacy `documents` into `database` in one transaction (see the module docstring)."""
     source = _Source(documents)
     with database.transaction(write=True) as conn:
-        _schema_at_head(database, conn)
+        # Created inside the import's transaction, a failed import leaves even an empty database as it was.
+        initialise_if_empty(database, conn).check()
         with progress(total=len(source.experiments), desc="experiments", unit="exp") as experiments_bar, progress(
             total=source.trial_count, desc="trials", unit="trial"
         ) as trials_bar:
             return _Import(conn, source, overwrite, experiments_bar, trials_bar).run()
-
-
-def _schema_at_head(database: Database, conn: Connection) -> None:
-    """Inside the import's transaction: create the schema of an empty database, so a
-    failed import leaves even an empty database as it was; refuse another revision."""
-    revision = initialise_if_empty(database, conn)
-    if state_of(revision) not in (SchemaState.EMPTY, SchemaState.CURRENT):
-        raise TransferError(f"the database is at revision {revision}, not at this orion_sql's head {head_revision()}")
 
 
 class _Source:
@@ -198,7 +192,7 @@ class _Import:
 
     def _columns(self, document: dict, content: dict) -> dict[str, Any]:
         try:
-            return codec.experiment_columns(content)
+            return mapping.experiment_columns(content)
         except ValueError as error:
             raise TransferError(f"{self.source.label(document)} (source _id {document.get('_id')!r}): {error}") from None
 
@@ -284,7 +278,7 @@ class _Import:
                 state=state,
                 locked=False,
                 owner=None,
-                heartbeat=codec.naive_utc(heartbeat) if heartbeat else None,
+                heartbeat=mapping.naive_utc(heartbeat) if heartbeat else None,
             )
         )
 
@@ -323,19 +317,19 @@ class _Import:
             for key in ("id", "status"):
                 if trial.get(key) is None:
                     raise ValueError(f"it has no {key!r}")
-            values = {key: codec.value_rows(0, trial.get(key) or []) for key in VALUE_MODELS}
+            values = {key: mapping.value_rows(0, trial.get(key) or []) for key in VALUE_MODELS}
             for key, allowed in _VALUE_TYPES.items():
                 for value in values[key]:
                     if value["type"] is not None and value["type"] not in allowed:
                         raise ValueError(f"{key[:-1]} {value['name']!r} has type {value['type']!r}, not one of {allowed}")
             fields = {key: value for key, value in trial.items() if key not in ("_id", "experiment")}
-            return {**_TRIAL_DEFAULTS, **codec.trial_columns(fields), "experiment_id": experiment_id}, values
+            return {**_TRIAL_DEFAULTS, **mapping.trial_columns(fields), "experiment_id": experiment_id}, values
         except (ValueError, TypeError, AttributeError) as error:
             raise TransferError(f"{label}, trial {trial.get('id')!r}: {error}") from None
 
     # --- benchmarks ---
 
-    def _plan_benchmarks(self, conflicts: list[str]) -> list[tuple[dict, Optional[int]]]:
+    def _plan_benchmarks(self, conflicts: list[str]) -> list[tuple[dict, int | None]]:
         """The benchmarks to write, with the id of the one each replaces; adds conflicts."""
         existing = {row.name: row for row in self.conn.execute(select(benchmarks))}
         plan = []
@@ -353,10 +347,10 @@ class _Import:
                 conflicts.append(label)
         return plan
 
-    def _write_benchmarks(self, plan: list[tuple[dict, Optional[int]]]) -> None:
+    def _write_benchmarks(self, plan: list[tuple[dict, int | None]]) -> None:
         for content, replaced_id in plan:
             try:
-                columns = codec.benchmark_columns(content)
+                columns = mapping.benchmark_columns(content)
             except ValueError as error:
                 raise TransferError(f"benchmark {content.get('name')!r}: {error}") from None
             if replaced_id is None:
@@ -375,7 +369,7 @@ def _repeated(values) -> list:
 def _dumps(value: Any, label: str) -> str:
     """Canonical JSON text: equal documents give equal text (NaN included)."""
     try:
-        return codec.dumps(value)
+        return exact_json.dumps(value)
     except ValueError as error:
         raise TransferError(f"{label}: {error}") from None
 

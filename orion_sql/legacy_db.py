@@ -19,7 +19,7 @@ from orion.core.io.database.ephemeraldb import EphemeralCollection, EphemeralDB
 from orion.core.utils.backward import db_is_outdated
 from orion.storage.legacy import Legacy
 
-from orion_sql.engine import redact
+from orion_sql.location import redact
 
 # The collections of Oríon's legacy storage, as orion_sql reads and writes them.
 COLLECTIONS = ("experiments", "trials", "algo", "benchmarks")

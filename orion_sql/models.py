@@ -10,7 +10,6 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
-    TypeDecorator,
     CheckConstraint,
     DateTime,
     Float,
@@ -21,18 +20,18 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
-from orion_sql import codec
+from orion_sql import exact_json
 
 TRIAL_STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
 PENDING_STATUSES = ("new", "suspended", "interrupted")
 PARAM_TYPES = ("integer", "real", "categorical", "fidelity")
 RESULT_TYPES = ("objective", "constraint", "gradient", "statistic", "lie")
-
 
 
 class _JsonText(TypeDecorator):
@@ -43,14 +42,14 @@ class _JsonText(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return codec.dumps(value)
+        return exact_json.dumps(value)
 
     def process_result_value(self, value, dialect):
-        return None if value is None else codec.loads(value)
+        return None if value is None else exact_json.loads(value)
 
 
 # Documents are queried by key, so PostgreSQL keeps them as JSONB; value columns keep
-# the exact text the codec wrote: JSON (text, validated) on PostgreSQL, TEXT on SQLite.
+# the exact text exact_json wrote: JSON (text, validated) on PostgreSQL, TEXT on SQLite.
 Document = JSON().with_variant(JSONB(), "postgresql")
 ExactJson = JSON().with_variant(_JsonText(), "sqlite")
 # Naive UTC, microseconds, on every database.
@@ -62,7 +61,17 @@ def _sql_list(values: tuple[str, ...]) -> str:
 
 
 class Base(DeclarativeBase):
-    """Declarative base with named constraints, so migrations can refer to them."""
+    """Declarative base with named constraints, so migrations can refer to them, and
+    one column type per Python type (a column says its type only where it differs)."""
+
+    type_annotation_map = {
+        int: Integer,
+        str: Text,
+        float: Float(53),
+        bytes: LargeBinary,
+        datetime.datetime: UtcDateTime,
+        dict[str, Any]: Document,
+    }
 
     metadata = MetaData(
         naming_convention={
@@ -87,16 +96,16 @@ class ExperimentRow(Base):
         Index(None, "created_at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(Text)
-    version: Mapped[int] = mapped_column(Integer)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column()
+    version: Mapped[int] = mapped_column()
     # refers.parent_id and refers.root_id. Not foreign keys: Oríon deletes an EVC
     # tree from its root down (`orion db rm`), which a constraint would forbid.
-    parent_id: Mapped[Optional[int]] = mapped_column(Integer)
-    root_id: Mapped[Optional[int]] = mapped_column(Integer)
-    username: Mapped[Optional[str]] = mapped_column(Text)  # metadata.user
-    created_at: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)  # metadata.datetime
-    document: Mapped[dict[str, Any]] = mapped_column(Document)
+    parent_id: Mapped[Optional[int]] = mapped_column()
+    root_id: Mapped[Optional[int]] = mapped_column()
+    username: Mapped[Optional[str]] = mapped_column()  # metadata.user
+    created_at: Mapped[Optional[datetime.datetime]] = mapped_column()  # metadata.datetime
+    document: Mapped[dict[str, Any]] = mapped_column()
 
 
 class TrialRow(Base):
@@ -110,19 +119,19 @@ class TrialRow(Base):
         CheckConstraint(f"status IN ({_sql_list(TRIAL_STATUSES)})", name="status"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # Oríon's trial `_id`
+    id: Mapped[int] = mapped_column(primary_key=True)  # Oríon's trial `_id`
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE")
     )
     hash: Mapped[str] = mapped_column(String(32))  # Oríon's trial `id`
     status: Mapped[str] = mapped_column(String(16))
-    worker: Mapped[Optional[str]] = mapped_column(Text)
-    exp_working_dir: Mapped[Optional[str]] = mapped_column(Text)
+    worker: Mapped[Optional[str]] = mapped_column()
+    exp_working_dir: Mapped[Optional[str]] = mapped_column()
     parent_hash: Mapped[Optional[str]] = mapped_column(String(32))  # Oríon's `parent`
-    submit_time: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
-    start_time: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
-    end_time: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
-    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
+    submit_time: Mapped[Optional[datetime.datetime]] = mapped_column()
+    start_time: Mapped[Optional[datetime.datetime]] = mapped_column()
+    end_time: Mapped[Optional[datetime.datetime]] = mapped_column()
+    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column()
 
 
 class _TrialValue:
@@ -131,12 +140,12 @@ class _TrialValue:
     trial_id: Mapped[int] = mapped_column(
         ForeignKey("trials.id", ondelete="CASCADE"), primary_key=True
     )
-    position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column()
     type: Mapped[Optional[str]] = mapped_column(String(16))
-    value: Mapped[Any] = mapped_column(ExactJson)  # exact round trip, through the codec
-    numeric_value: Mapped[Optional[float]] = mapped_column(Float(53))
-    text_value: Mapped[Optional[str]] = mapped_column(Text)
+    value: Mapped[Any] = mapped_column(ExactJson)  # exact round trip, through exact_json
+    numeric_value: Mapped[Optional[float]] = mapped_column()
+    text_value: Mapped[Optional[str]] = mapped_column()
 
     @declared_attr.directive
     def __table_args__(cls):  # noqa: N805 (a class-level directive)
@@ -170,11 +179,11 @@ class AlgoLockRow(Base):
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
-    configuration: Mapped[Optional[dict[str, Any]]] = mapped_column(Document)
-    state: Mapped[Optional[bytes]] = mapped_column(LargeBinary)
+    configuration: Mapped[Optional[dict[str, Any]]] = mapped_column()
+    state: Mapped[Optional[bytes]] = mapped_column()
     locked: Mapped[bool] = mapped_column(default=False)
-    owner: Mapped[Optional[str]] = mapped_column(Text)
-    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column(UtcDateTime)
+    owner: Mapped[Optional[str]] = mapped_column()
+    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column()
 
 
 class BenchmarkRow(Base):
@@ -182,6 +191,6 @@ class BenchmarkRow(Base):
 
     __tablename__ = "benchmarks"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(Text, unique=True)
-    document: Mapped[dict[str, Any]] = mapped_column(Document)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+    document: Mapped[dict[str, Any]] = mapped_column()

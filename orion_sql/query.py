@@ -20,7 +20,7 @@ from orion.core.utils.flatten import flatten
 from sqlalchemy import BigInteger, and_, case, false, func, literal, not_, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
-from orion_sql import codec
+from orion_sql import exact_json
 from orion_sql.dialects import Dialect
 
 EQUAL = "$eq"
@@ -192,8 +192,8 @@ class _JsonTarget(_Target):
         is_leaf = or_(
             not_(self._kind_in("object")),
             self.dialect.json_text(self.document, self.path) == "{}",
-            self._exists([*self.path, codec.DATETIME_TAG]),
-            self._exists([*self.path, codec.FLOAT_TAG]),
+            self._exists([*self.path, exact_json.DATETIME_TAG]),
+            self._exists([*self.path, exact_json.FLOAT_TAG]),
         )
         return and_(*inside_objects, self._exists(self.path), is_leaf)
 
@@ -203,7 +203,7 @@ class _JsonTarget(_Target):
 
     def _number(self):
         """The value where it is a number, tagged floats included (NaN excepted); NULL elsewhere."""
-        tag = self._typed("object", self._tag_text(codec.FLOAT_TAG))
+        tag = self._typed("object", self._tag_text(exact_json.FLOAT_TAG))
         return case(
             (self._kind_in("number"), self.dialect.json_number(self.document, self.path)),
             (tag == "inf", self.dialect.number_literal(math.inf)),
@@ -216,11 +216,11 @@ class _JsonTarget(_Target):
         return self._typed("string", self.dialect.json_text(self.document, self.path))
 
     def _datetime_text(self):
-        return self._typed("object", self._tag_text(codec.DATETIME_TAG))
+        return self._typed("object", self._tag_text(exact_json.DATETIME_TAG))
 
     def equals(self, value):
         if value is None or isinstance(value, (bool, list, tuple, dict)):
-            match = self.dialect.json_equals(self.document, self.path, codec.dumps(value))
+            match = self.dialect.json_equals(self.document, self.path, exact_json.dumps(value))
         elif isinstance(value, float) and math.isnan(value):
             return false()  # NaN equals nothing, itself included
         elif _is_number(value):

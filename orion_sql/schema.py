@@ -1,4 +1,5 @@
-"""Alembic glue: which revision a database is at, and bringing it to head.
+"""The schema's state: the revisions this package ships, the one a database is at,
+what that means (the one refusal rule), and bringing a database to a revision.
 
 The revisions record themselves in ``orion_sql_version`` (not Alembic's default
 ``alembic_version``) so the schema can share a database with other Alembic users.
@@ -6,8 +7,10 @@ The revisions record themselves in ``orion_sql_version`` (not Alembic's default
 from __future__ import annotations
 
 import enum
-import os
-from typing import Callable, Optional
+import functools
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
 
 from alembic import command
 from alembic.config import Config
@@ -15,15 +18,24 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from orion.core.io.database import OutdatedDatabaseError
 from sqlalchemy import Connection
+from sqlalchemy.engine import URL
 
-import orion_sql.migrations
-from orion_sql import __version__
 from orion_sql.database import Database
-from orion_sql.engine import redact
+from orion_sql.location import redact
+from orion_sql.version import __version__
 
 VERSION_TABLE = "orion_sql_version"
-MIGRATIONS_DIR = os.path.dirname(orion_sql.migrations.__file__)
 UPGRADE_COMMAND = "orion-sql upgrade"
+
+
+def _migrations_dir() -> str:
+    """Where the shipped Alembic environment is (found without importing it)."""
+    spec = importlib.util.find_spec("orion_sql.migrations")
+    assert spec is not None and spec.submodule_search_locations, "orion_sql.migrations is not installed"
+    return list(spec.submodule_search_locations)[0]
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 class NewerDatabaseError(RuntimeError):
@@ -37,59 +49,98 @@ class SchemaState(enum.Enum):
     NEWER = "newer than this orion_sql"  # at a revision this package does not know
 
 
-def alembic_config(connection: Optional[Connection] = None) -> Config:
+def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic configuration for the shipped migrations, bound to `connection`."""
     config = Config()
     config.set_main_option("script_location", MIGRATIONS_DIR)
+    config.set_main_option("version_table", VERSION_TABLE)
     config.attributes["connection"] = connection
     return config
 
 
-def script_directory() -> ScriptDirectory:
-    return ScriptDirectory.from_config(alembic_config())
+@functools.lru_cache(maxsize=None)
+def shipped_revisions() -> tuple[str, ...]:
+    """Every revision this package ships, oldest first (read once per process)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return tuple(revision.revision for revision in reversed(list(script.walk_revisions())))
 
 
 def head_revision() -> str:
-    return script_directory().get_current_head()
+    return shipped_revisions()[-1]
 
 
 def revisions() -> list[str]:
     """Every revision this package ships, oldest first."""
-    return [script.revision for script in reversed(list(script_directory().walk_revisions()))]
+    return list(shipped_revisions())
 
 
-def current_revision(conn: Connection) -> Optional[str]:
+def current_revision(conn: Connection) -> str | None:
     """The revision the database is at, None if it has no orion_sql schema."""
     context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
     return context.get_current_revision()
 
 
-def state_of(revision: Optional[str]) -> SchemaState:
+def state_of(revision: str | None) -> SchemaState:
+    """What a database at `revision` is to this orion_sql."""
     if revision is None:
         return SchemaState.EMPTY
     if revision == head_revision():
         return SchemaState.CURRENT
-    return SchemaState.OUTDATED if revision in revisions() else SchemaState.NEWER
+    return SchemaState.OUTDATED if revision in shipped_revisions() else SchemaState.NEWER
 
 
-def read_state(database: Database) -> tuple[Optional[str], SchemaState]:
-    """The database's revision, and what it means for this orion_sql."""
+@dataclass(frozen=True)
+class SchemaStatus:
+    """A database's revision and what it means for this orion_sql."""
+
+    url: URL
+    revision: str | None
+
+    @property
+    def state(self) -> SchemaState:
+        return state_of(self.revision)
+
+    def refusal(self, migrating: bool = False) -> Exception | None:
+        """The one rule: orion_sql uses a database at head (or an empty one, which it
+        initialises) and migrates any revision it knows. The error refusing anything
+        else, or None."""
+        where = redact(self.url)
+        if self.state is SchemaState.NEWER:
+            return NewerDatabaseError(
+                f"the database {where} is at revision {self.revision}, which orion_sql {__version__} does not "
+                f"know (its head is {head_revision()}): it was upgraded by a newer orion_sql; install that one"
+            )
+        if self.state is SchemaState.OUTDATED and not migrating:
+            return OutdatedDatabaseError(
+                f"The database {where} is outdated (at revision {self.revision}, this orion_sql's head is "
+                f"{head_revision()}). You can upgrade it with the command `{UPGRADE_COMMAND}`."
+            )
+        return None
+
+    def check(self, migrating: bool = False) -> None:
+        """Raise the :meth:`refusal`, if any."""
+        error = self.refusal(migrating)
+        if error is not None:
+            raise error
+
+
+def read_status(database: Database) -> SchemaStatus:
+    """The database's revision, read in a transaction of its own."""
     with database.transaction() as conn:
-        revision = current_revision(conn)
-    return revision, state_of(revision)
+        return SchemaStatus(database.url, current_revision(conn))
 
 
-def initialise_if_empty(database: Database, conn: Connection) -> Optional[str]:
+def initialise_if_empty(database: Database, conn: Connection) -> SchemaStatus:
     """Inside a write transaction: take the migration lock and give an empty database
-    the whole schema. Returns the revision found under the lock (None: it was empty)."""
+    the whole schema. Returns the status found under the lock (EMPTY: it was empty)."""
     database.dialect.lock_for_migration(conn)
-    revision = current_revision(conn)
-    if revision is None:
+    status = SchemaStatus(database.url, current_revision(conn))
+    if status.state is SchemaState.EMPTY:
         command.upgrade(alembic_config(conn), "head")
-    return revision
+    return status
 
 
-def migrate(database: Database, alembic_command: Callable[[Config], None]) -> tuple[Optional[str], Optional[str]]:
+def migrate(database: Database, alembic_command: Callable[[Config], None]) -> tuple[str | None, str | None]:
     """Run an Alembic command in one write transaction that other migrators wait for.
 
     Returns the revisions before and after it, as read inside that transaction.
@@ -101,12 +152,12 @@ def migrate(database: Database, alembic_command: Callable[[Config], None]) -> tu
         return before, current_revision(conn)
 
 
-def upgrade(database: Database, revision: str = "head") -> tuple[Optional[str], Optional[str]]:
+def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str | None]:
     """Run the revisions up to `revision`; returns the revisions before and after."""
     return migrate(database, lambda config: command.upgrade(config, revision))
 
 
-def downgrade(database: Database, revision: str) -> tuple[Optional[str], Optional[str]]:
+def downgrade(database: Database, revision: str) -> tuple[str | None, str | None]:
     """Undo the revisions down to `revision` ("base": none left); returns before and after."""
     return migrate(database, lambda config: command.downgrade(config, revision))
 
@@ -117,18 +168,8 @@ def ensure_schema(database: Database) -> None:
     Many workers may start at once on an empty database: they queue on the
     migration lock, and all but the first find the schema already there.
     """
-    _, state = read_state(database)
-    if state is SchemaState.EMPTY:
+    status = read_status(database)
+    if status.state is SchemaState.EMPTY:
         with database.transaction(write=True) as conn:
-            initialise_if_empty(database, conn)
-    elif state is SchemaState.OUTDATED:
-        raise OutdatedDatabaseError(
-            f"The database is outdated. You can upgrade it with the command "
-            f"`{UPGRADE_COMMAND}` (database: {redact(database.url)})."
-        )
-    elif state is SchemaState.NEWER:
-        raise NewerDatabaseError(
-            f"The database {redact(database.url)} was upgraded by a newer orion_sql than "
-            f"the one installed (orion_sql {__version__}); upgrade orion_sql."
-        )
-
+            status = initialise_if_empty(database, conn)
+    status.check()

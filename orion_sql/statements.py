@@ -8,12 +8,13 @@ statements: one round trip each.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, literal, select, union_all, update
+from orion.core.worker.trial import Trial
+from sqlalchemy import Connection, bindparam, delete, func, insert, literal, select, union_all, update
 from sqlalchemy.sql import CompoundSelect, Update
 
-from orion_sql import codec
+from orion_sql import mapping
 from orion_sql.dialects import Dialect
 from orion_sql.models import PENDING_STATUSES, ParamRow, ResultRow, TrialRow
 
@@ -24,12 +25,10 @@ results = ResultRow.__table__
 # lie and parent) and experiment select the row, so those are already equal.
 PUSHED_FIELDS = ("status", "worker", "exp_working_dir", "submit_time", "start_time", "end_time", "heartbeat")
 
-# A reserved trial's row, and the rows of its params and results.
-Reserved = tuple[Row, list]
-# Reservation: (connection, experiment id, worker name) -> the reserved trial, if any.
-Reserve = Callable[[Connection, int, str], Optional[Reserved]]
-# Completion: (connection, binds of the trial's update, new results) -> the trial's id.
-Complete = Callable[[Connection, dict, list], Optional[int]]
+# Reservation: (connection, experiment id, worker name) -> the reserved trial's document, if any.
+Reserve = Callable[[Connection, int, str], Optional[dict]]
+# Completion: (connection, the completed trial) -> the trial's row id, None if it was not reserved.
+Complete = Callable[[Connection, Trial], Optional[int]]
 
 
 def values_of_trials(trial_ids) -> CompoundSelect:
@@ -50,22 +49,21 @@ def trial_documents(conn: Connection, clause, *order_by) -> list[dict]:
     rows = conn.execute(select(trials).where(clause).order_by(*order_by, TrialRow.id)).all()
     if not rows:
         return []
-    return documents(rows, conn.execute(values_of_trials(select(TrialRow.id).where(clause))).mappings())
+    return trial_documents_of(rows, conn.execute(values_of_trials(select(TrialRow.id).where(clause))).mappings())
 
 
-def documents(rows, values) -> list[dict]:
+def trial_documents_of(rows, values) -> list[dict]:
     """Trial documents from trial rows and the rows of their values (:func:`values_of_trials`)."""
     by_trial = {row.id: {"params": [], "results": []} for row in rows}
     for value in values:
-        by_trial[value["trial_id"]][value["kind"]].append(codec.value_document(value))
-    return [codec.trial_document(row._mapping, **by_trial[row.id]) for row in rows]
+        by_trial[value["trial_id"]][value["kind"]].append(mapping.value_document(value))
+    return [mapping.trial_document(row._mapping, **by_trial[row.id]) for row in rows]
 
 
 def completion(dialect: Dialect) -> Complete:
-    """push_trial_results' work: update a reserved trial (bind ``trial_hash``,
-    ``experiment`` and ``new_<column>`` for PUSHED_FIELDS) and replace its results;
-    returns the trial's id, or None when no such trial is reserved."""
-    columns = [codec.TRIAL_FIELDS[key][0] for key in PUSHED_FIELDS]
+    """push_trial_results' work: write a reserved trial's PUSHED_FIELDS and replace its
+    results; returns the trial's row id, or None when no such trial is reserved."""
+    columns = [mapping.TRIAL_FIELDS[key][0] for key in PUSHED_FIELDS]
     set_trial = (
         update(trials)
         .where(TrialRow.hash == bindparam("trial_hash"), TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == "reserved")
@@ -77,11 +75,12 @@ def completion(dialect: Dialect) -> Complete:
     clear_results = delete(ResultRow).where(ResultRow.trial_id == bindparam("trial"))
     add_results = insert(results)
 
-    def update_then_replace(conn: Connection, binds: dict, new_results: list) -> Optional[int]:
+    def update_then_replace(conn: Connection, trial: Trial) -> Optional[int]:
+        binds, new_results = _completion_binds(trial)
         trial_id = conn.execute(set_trial, binds).scalar()
         if trial_id is not None:
             conn.execute(clear_results, {"trial": trial_id})
-            rows = codec.value_rows(trial_id, new_results)
+            rows = mapping.value_rows(trial_id, new_results)
             if rows:
                 conn.execute(add_results, rows)
         return trial_id
@@ -97,18 +96,29 @@ def _completion_in_one_statement(set_trial: Update, dialect: Dialect) -> Complet
     stale = delete(ResultRow).where(ResultRow.trial_id == updated.c.id, ResultRow.position >= bindparam("count")).cte("stale")
     statement = select(updated.c.id).add_cte(stale, dialect.upsert_values(results, updated.c.id, "new_values"))
 
-    def update_and_replace(conn: Connection, binds: dict, new_results: list) -> Optional[int]:
-        rows = codec.value_rows(None, new_results)
+    def update_and_replace(conn: Connection, trial: Trial) -> Optional[int]:
+        binds, new_results = _completion_binds(trial)
+        rows = mapping.value_rows(None, new_results)
         payload = {"count": len(rows), "new_values": dialect.values_payload(rows)}
         return conn.execute(statement, {**binds, **payload}).scalar()
 
     return update_and_replace
 
 
+def _completion_binds(trial: Trial) -> tuple[dict[str, Any], list]:
+    """The binds of a completion's UPDATE (``trial_hash``, ``experiment``, ``new_<column>``),
+    and the trial's new results."""
+    document = trial.to_dict()
+    columns = mapping.trial_columns({key: document[key] for key in PUSHED_FIELDS})
+    binds = {"trial_hash": trial.id, "experiment": trial.experiment}
+    binds.update((f"new_{column}", value) for column, value in columns.items())
+    return binds, document["results"]
+
+
 def reservation(dialect: Dialect) -> Reserve:
     """reserve_trial's work: reserve the oldest pending trial of an experiment for a
-    worker (recorded as the trial's ``worker``) and return the trial's row and the
-    rows of its values, or None when none is pending.
+    worker (recorded as the trial's ``worker``) and return the trial's document
+    (what ``Trial(**document)`` takes), or None when none is pending.
 
     The UPDATE takes the oldest pending trial through one locked sub-select per
     pending status, each reading the first unlocked row of the (experiment_id,
@@ -138,9 +148,11 @@ def reservation(dialect: Dialect) -> Reserve:
         return _reservation_in_one_statement(reserve)
     values = values_of_trials([bindparam("trial")])
 
-    def reserve_then_read(conn: Connection, experiment_id: int, worker: str) -> Optional[Reserved]:
+    def reserve_then_read(conn: Connection, experiment_id: int, worker: str) -> Optional[dict]:
         row = conn.execute(reserve, {"experiment": experiment_id, "reserving_worker": worker}).first()
-        return None if row is None else (row, list(conn.execute(values, {"trial": row.id}).mappings()))
+        if row is None:
+            return None
+        return trial_documents_of([row], conn.execute(values, {"trial": row.id}).mappings())[0]
 
     return reserve_then_read
 
@@ -156,10 +168,10 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
         .order_by(values.c.kind, values.c.position)
     )
 
-    def reserve_and_read(conn: Connection, experiment_id: int, worker: str) -> Optional[Reserved]:
+    def reserve_and_read(conn: Connection, experiment_id: int, worker: str) -> Optional[dict]:
         rows = conn.execute(statement, {"experiment": experiment_id, "reserving_worker": worker}).all()
         if not rows:
             return None
-        return rows[0], [row._mapping for row in rows if row.kind is not None]
+        return trial_documents_of(rows[:1], [row._mapping for row in rows if row.kind is not None])[0]
 
     return reserve_and_read

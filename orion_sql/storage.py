@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Mapping
 
 import orion.core
 from orion.core.io.database.ephemeraldb import EphemeralDocument
@@ -20,26 +20,18 @@ from orion.storage.base import (
     get_trial_uid_and_exp,
     get_uid,
 )
-from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from orion_sql import codec, statements
+from orion_sql import mapping, rows, statements
 from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
-from orion_sql.engine import redact, resolve_url
-from orion_sql.models import (
-    PENDING_STATUSES,
-    AlgoLockRow,
-    BenchmarkRow,
-    ExperimentRow,
-    ParamRow,
-    ResultRow,
-    TrialRow,
-)
-from orion_sql.query import Collection, Field, compile_filter
+from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
+from orion_sql.location import redact, resolve_url
+from orion_sql.models import PENDING_STATUSES, AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow
+from orion_sql.query import Collection, compile_filter
 from orion_sql.schema import ensure_schema
 
-T = TypeVar("T")
 experiments: Table = ExperimentRow.__table__
 trials: Table = TrialRow.__table__
 algo_locks: Table = AlgoLockRow.__table__
@@ -49,35 +41,6 @@ LOCK_EXPIRY_ENV = "ORION_SQL_LOCK_EXPIRY"
 DEFAULT_LOCK_EXPIRY_SECONDS = 60.0
 
 
-def _lifted(column, kind, path: str) -> Field:
-    """A document key copied into a column; the document says whether it exists."""
-    keys = path.split(".")
-    return Field(column, kind, present=lambda dialect: dialect.json_exists(ExperimentRow.document, keys))
-
-
-TRIAL_FILTERS = Collection(
-    "trial",
-    fields={key: Field(trials.c[column], kind) for key, (column, kind) in codec.TRIAL_FIELDS.items()},
-    refused={key: "params and results live in their own tables" for key in codec.TRIAL_VALUE_LISTS},
-)
-EXPERIMENT_FILTERS = Collection(
-    "experiment",
-    fields={
-        "_id": Field(ExperimentRow.id, int),
-        "name": Field(ExperimentRow.name, str),
-        "version": Field(ExperimentRow.version, int),
-        "refers.parent_id": _lifted(ExperimentRow.parent_id, int, "refers.parent_id"),
-        "refers.root_id": _lifted(ExperimentRow.root_id, int, "refers.root_id"),
-        "metadata.user": _lifted(ExperimentRow.username, str, "metadata.user"),
-        "metadata.datetime": _lifted(ExperimentRow.created_at, datetime.datetime, "metadata.datetime"),
-    },
-    document=ExperimentRow.document,
-)
-BENCHMARK_FILTERS = Collection(
-    "benchmark",
-    fields={"_id": Field(BenchmarkRow.id, int), "name": Field(BenchmarkRow.name, str)},
-    document=BenchmarkRow.document,
-)
 class SQL(BaseStorageProtocol):
     """Oríon storage in a relational database: a SQLite file or a PostgreSQL server.
 
@@ -95,7 +58,7 @@ class SQL(BaseStorageProtocol):
         taken from a holder presumed dead. Default ``$ORION_SQL_LOCK_EXPIRY`` or 60.
     """
 
-    def __init__(self, uri: Optional[str] = None, database: Optional[Mapping] = None, lock_expiry: Optional[float] = None):
+    def __init__(self, uri: str | None = None, database: Mapping | None = None, lock_expiry: float | None = None):
         self._db = Database(resolve_url(uri, database))
         self._lock_expiry = float(lock_expiry or os.environ.get(LOCK_EXPIRY_ENV) or DEFAULT_LOCK_EXPIRY_SECONDS)
         if self._lock_expiry <= 0:
@@ -114,44 +77,31 @@ class SQL(BaseStorageProtocol):
         self._lock_expiry = state["lock_expiry"]
         self._lock = algorithm_lock(self._db, self._lock_expiry)
 
-    # --- transactions ------------------------------------------------------------
+    def close(self) -> None:
+        """Close this process's connections to the database; they reopen on next use."""
+        self._db.dispose()
 
-    def _read(self, work: Callable[[Connection], T], atomic: bool = True) -> T:
-        return self._db.run(work, write=False, repeatable=True, atomic=atomic)
-
-    def _write(self, work: Callable[[Connection], T], repeatable: bool = False) -> T:
-        return self._db.run(work, write=True, repeatable=repeatable)
-
-    def _write_one(self, statement, repeatable: bool = False) -> int:
-        """One write statement, committed by itself; the number of rows it matched."""
-        return self._db.run(lambda conn: conn.execute(statement).rowcount, write=True, repeatable=repeatable, atomic=False)
+    # --- shared steps ------------------------------------------------------------
 
     def _filter(self, query, collection: Collection) -> ColumnElement[bool]:
         return compile_filter(query, collection, self._db.dialect)
 
-    def _insert(self, conn: Connection, table: Table, values: Mapping[str, Any]) -> int:
-        """Insert one row, keeping an explicit `id` (Oríon's test helpers give them)."""
-        explicit = values.get("id") is not None
-        values = values if explicit else {key: value for key, value in values.items() if key != "id"}
-        new_id = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
-        if explicit:
-            self._db.dialect.sync_id_sequence(conn, table, new_id)
-        return new_id
-
     def _fetch_documents(self, table: Table, collection: Collection, query, selection) -> list[dict]:
         statement = select(table.c.id, table.c.document).where(self._filter(query, collection)).order_by(table.c.id)
-        rows = self._read(lambda conn: conn.execute(statement).all(), atomic=False)
-        documents = [codec.document_of(row) for row in rows]
+        found = self._db.run(lambda conn: conn.execute(statement).all(), write=False, autocommit=True)
+        stored = [mapping.document_of(row) for row in found]
         if not selection:  # Oríon's flatten, which selections use, loses keys repeating a parent's
-            return documents
-        return [EphemeralDocument(document).select(selection) for document in documents]
+            return stored
+        return [EphemeralDocument(document).select(selection) for document in stored]
 
     # --- benchmarks --------------------------------------------------------------
 
     def create_benchmark(self, config):
         """Insert a benchmark; sets ``config["_id"]``. DuplicateKeyError on a known name."""
-        values = {**codec.benchmark_columns(config), "id": codec.explicit_id(config)}
-        config["_id"] = self._write(lambda conn: self._insert(conn, benchmarks, values))
+        values = {**mapping.benchmark_columns(config), "id": mapping.explicit_id(config)}
+        config["_id"] = self._db.run(
+            lambda conn: rows.insert_keeping_id(conn, self._db.dialect, benchmarks, values), write=True
+        )
         return 1
 
     def fetch_benchmark(self, query, selection=None):
@@ -164,20 +114,21 @@ class SQL(BaseStorageProtocol):
 
         DuplicateKeyError when (name, version) exists. An explicit ``_id`` is kept.
         """
-        values = {**codec.experiment_columns(config), "id": codec.explicit_id(config)}
+        values = {**mapping.experiment_columns(config), "id": mapping.explicit_id(config)}
 
         def create(conn):
-            experiment_id = self._insert(conn, experiments, values)
-            self._insert_algorithm_lock(conn, experiment_id, config.get("algorithm", {}))
+            experiment_id = rows.insert_keeping_id(conn, self._db.dialect, experiments, values)
+            rows.insert_algorithm_lock(conn, self._db.dialect, experiment_id, config.get("algorithm", {}))
             return experiment_id
 
-        config["_id"] = self._write(create)
+        config["_id"] = self._db.run(create, write=True)
         return 1
 
     def delete_experiment(self, experiment=None, uid=None):
         """Delete an experiment; its trials and algorithm lock go with it (cascade)."""
         uid = get_uid(experiment, uid)
-        return self._write_one(delete(experiments).where(ExperimentRow.id == uid))
+        statement = delete(experiments).where(ExperimentRow.id == uid)
+        return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
     def update_experiment(self, experiment=None, uid=None, where=None, **kwargs):
         """Set fields of an experiment document (dotted keys set nested fields).
@@ -188,14 +139,14 @@ class SQL(BaseStorageProtocol):
         clause = and_(ExperimentRow.id == uid, self._filter(where, EXPERIMENT_FILTERS))
 
         def update_documents(conn):
-            rows = conn.execute(select(experiments).where(clause).with_for_update()).all()
-            for row in rows:
-                document = codec.apply_set(row.document, kwargs, row.id)
-                columns = codec.experiment_columns(document)
+            found = conn.execute(select(experiments).where(clause).with_for_update()).all()
+            for row in found:
+                document = mapping.apply_set(row.document, kwargs, row.id)
+                columns = mapping.experiment_columns(document)
                 conn.execute(update(experiments).where(ExperimentRow.id == row.id).values(**columns))
-            return len(rows)
+            return len(found)
 
-        return self._write(update_documents)
+        return self._db.run(update_documents, write=True)
 
     def fetch_experiments(self, query, selection=None):
         return self._fetch_documents(experiments, EXPERIMENT_FILTERS, query, selection)
@@ -208,15 +159,15 @@ class SQL(BaseStorageProtocol):
         DuplicateKeyError when the experiment already has a trial with this id.
         """
         document = trial.to_dict()
-        columns = codec.trial_columns(document)
+        columns = mapping.trial_columns(document)
 
         def register(conn):
-            trial_id = self._insert(conn, trials, columns)
-            self._insert_values(conn, [trial_id], document)
+            trial_id = rows.insert_keeping_id(conn, self._db.dialect, trials, columns)
+            rows.write_values(conn, [trial_id], document)
             return trial_id
 
         try:
-            trial.id_override = self._write(register)
+            trial.id_override = self._db.run(register, write=True)
         except MissingReference:
             raise ValueError(f"trial refers to experiment {trial.experiment!r}, which does not exist") from None
         return trial
@@ -224,7 +175,7 @@ class SQL(BaseStorageProtocol):
     def delete_trials(self, experiment=None, uid=None, where=None):
         uid = get_uid(experiment, uid)
         clause = and_(TrialRow.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
-        return self._write_one(delete(trials).where(clause))
+        return self._db.run(rows.rows_matched(delete(trials).where(clause)), write=True, autocommit=True)
 
     def reserve_trial(self, experiment):
         """Reserve the oldest pending trial of the experiment, or return None.
@@ -235,13 +186,12 @@ class SQL(BaseStorageProtocol):
         write lock (SQLite).
         """
 
-        def reserve_one(conn):
-            reserved = self._reservation(conn, experiment.id, process_name())
-            return None if reserved is None else Trial(**statements.documents([reserved[0]], reserved[1])[0])
-
-        # Not atomic: the reservation commits by itself, with no BEGIN or COMMIT round
+        # Autocommit: the reservation commits by itself, with no BEGIN or COMMIT round
         # trips; values read after it belong to this worker alone.
-        return self._db.run(reserve_one, write=True, atomic=False)
+        reserved = self._db.run(
+            lambda conn: self._reservation(conn, experiment.id, process_name()), write=True, autocommit=True
+        )
+        return None if reserved is None else Trial(**reserved)
 
     @functools.cached_property
     def _reservation(self):
@@ -255,12 +205,13 @@ class SQL(BaseStorageProtocol):
         """Set fields of the matching trials; returns how many matched."""
         uid = get_uid(experiment, uid)
         clause = and_(TrialRow.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
-        return self._update_trials(clause, kwargs)
+        return self._db.run(rows.set_trial_fields(clause, kwargs), write=True)
 
     def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):
         """Set fields of one trial (by its id and experiment); returns 1 or 0."""
         trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
-        return self._update_trials(self._trial_clause(trial_uid, experiment_uid, where), kwargs)
+        clause = self._trial_clause(trial_uid, experiment_uid, where)
+        return self._db.run(rows.set_trial_fields(clause, kwargs), write=True)
 
     def get_trial(self, trial=None, uid=None, experiment_uid=None):
         trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
@@ -284,11 +235,7 @@ class SQL(BaseStorageProtocol):
 
     def push_trial_results(self, trial):
         """Write a reserved trial's status, times and results; FailedUpdate if not reserved."""
-        document = trial.to_dict()
-        columns = codec.trial_columns({key: document[key] for key in statements.PUSHED_FIELDS})
-        binds = {"trial_hash": trial.id, "experiment": trial.experiment}
-        binds.update((f"new_{column}", value) for column, value in columns.items())
-        if self._write(lambda conn: self._completion(conn, binds, document["results"])) is None:
+        if self._db.run(lambda conn: self._completion(conn, trial), write=True) is None:
             raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not reserved")
         return 1
 
@@ -310,13 +257,13 @@ class SQL(BaseStorageProtocol):
         if isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool):
             heartbeat = None
         if heartbeat is not None:
-            codec.trial_columns({"heartbeat": heartbeat})
+            mapping.trial_columns({"heartbeat": heartbeat})
         statement = (
             update(trials)
             .where(self._trial_clause(trial.id, trial.experiment), TrialRow.status == was)
             .values(status=status, heartbeat=heartbeat or self._db.dialect.now())
         )
-        if not self._write_one(statement):
+        if not self._db.run(rows.rows_matched(statement), write=True, autocommit=True):
             raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not {was!r}")
         trial.status = status
 
@@ -342,14 +289,17 @@ class SQL(BaseStorageProtocol):
             .where(self._trial_clause(trial.id, trial.experiment, {"status": "reserved"}))
             .values(heartbeat=self._db.dialect.now())
         )
-        return self._write_one(statement, repeatable=True)
+        return self._db.run(rows.rows_matched(statement), write=True, idempotent=True, autocommit=True)
 
     # --- algorithm lock ----------------------------------------------------------
 
     def initialize_algorithm_lock(self, experiment_id, algorithm_config):
         """Create the experiment's algorithm lock; DuplicateKeyError if it has one."""
         try:
-            self._write(lambda conn: self._insert_algorithm_lock(conn, experiment_id, algorithm_config))
+            self._db.run(
+                lambda conn: rows.insert_algorithm_lock(conn, self._db.dialect, experiment_id, algorithm_config),
+                write=True,
+            )
         except MissingReference:
             raise ValueError(f"experiment {experiment_id!r} does not exist") from None
         return 1
@@ -369,7 +319,7 @@ class SQL(BaseStorageProtocol):
 
     def delete_algorithm_lock(self, experiment=None, uid=None):
         statement = delete(algo_locks).where(AlgoLockRow.experiment_id == get_uid(experiment, uid))
-        return self._write_one(statement)
+        return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
     def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
         """Hold the experiment's algorithm lock for a ``with`` block (see orion_sql.algo_lock).
@@ -379,17 +329,6 @@ class SQL(BaseStorageProtocol):
         return self._lock.acquire(get_uid(experiment, uid), timeout, retry_interval)
 
     # --- helpers -----------------------------------------------------------------
-
-    def _insert_algorithm_lock(self, conn: Connection, experiment_id, configuration) -> None:
-        conn.execute(
-            insert(algo_locks).values(
-                experiment_id=experiment_id,
-                configuration=configuration,
-                state=None,
-                locked=False,
-                heartbeat=self._db.dialect.now(),
-            )
-        )
 
     def _trial_clause(self, trial_hash, experiment_id, where=None) -> ColumnElement[bool]:
         return and_(
@@ -403,39 +342,10 @@ class SQL(BaseStorageProtocol):
 
     def _count_trials(self, experiment, status: str) -> int:
         statement = select(func.count()).where(TrialRow.experiment_id == experiment.id, TrialRow.status == status)
-        return self._read(lambda conn: conn.execute(statement).scalar_one(), atomic=False)
+        return self._db.run(lambda conn: conn.execute(statement).scalar_one(), write=False, autocommit=True)
 
     def _select_trials(self, clause: ColumnElement[bool]) -> list[Trial]:
         """Trials matching `clause`, by submit time, with their values (one snapshot)."""
         order = TrialRow.submit_time.asc().nulls_first()
-        found = self._read(lambda conn: statements.trial_documents(conn, clause, order))
+        found = self._db.run(lambda conn: statements.trial_documents(conn, clause, order), write=False)
         return [Trial(**document) for document in found]
-
-    def _insert_values(self, conn: Connection, trial_ids: list[int], document: Mapping, replace=False) -> None:
-        """Insert (or `replace`) the params and/or results `document` gives, for these trials."""
-        for key, model in (("params", ParamRow), ("results", ResultRow)):
-            if key not in document:
-                continue
-            if replace:
-                conn.execute(delete(model).where(model.trial_id.in_(trial_ids)))
-            rows = [row for trial_id in trial_ids for row in codec.value_rows(trial_id, document[key] or [])]
-            if rows:
-                conn.execute(insert(model.__table__), rows)
-
-    def _update_trials(self, clause: ColumnElement[bool], fields: Mapping[str, Any]) -> int:
-        """Set `fields` (trial document keys) on the trials matching `clause`."""
-        columns = codec.trial_columns(fields)
-        expected_id = columns.pop("id", None)
-
-        def update_rows(conn):
-            if columns:
-                ids = conn.execute(update(trials).where(clause).values(**columns).returning(TrialRow.id)).scalars().all()
-            else:
-                ids = conn.execute(select(TrialRow.id).where(clause).with_for_update()).scalars().all()
-            if expected_id is not None and any(trial_id != expected_id for trial_id in ids):
-                raise ValueError(f"a trial's _id cannot be changed (to {expected_id!r})")
-            if ids:
-                self._insert_values(conn, ids, fields, replace=True)
-            return len(ids)
-
-        return self._write(update_rows)

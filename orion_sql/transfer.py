@@ -13,10 +13,8 @@ from typing import Any, Callable
 from sqlalchemy import Connection
 from tqdm import tqdm
 
-from orion_sql.models import ParamRow, ResultRow, TrialRow
+from orion_sql.models import TrialRow
 from orion_sql.statements import trial_documents
-
-VALUE_MODELS = {"params": ParamRow, "results": ResultRow}
 
 # A tqdm-like factory: progress(total=, desc=, unit=) gives a context manager with update(n).
 Progress = Callable[..., Any]

@@ -21,7 +21,7 @@ from pytest_postgresql import factories
 from sqlalchemy.engine import URL
 
 from orion_sql.database import Database
-from orion_sql.engine import sqlite_url
+from orion_sql.location import sqlite_url
 from orion_sql.schema import ensure_schema
 from support import DIALECTS
 
@@ -103,7 +103,7 @@ def storage(database_url):
 
     storage = SQL(uri=database_url)
     yield storage
-    storage._db.dispose()
+    storage.close()
 
 
 _empty_database_numbers = itertools.count()

@@ -33,7 +33,7 @@ import orion_fill
 from support import DIALECTS
 from orion_sql import SQL
 from orion_sql.database import Database
-from orion_sql.engine import sqlite_url
+from orion_sql.location import sqlite_url
 from orion_sql.schema import VERSION_TABLE, alembic_config, current_revision, downgrade, head_revision, upgrade
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analytics.md"
@@ -128,7 +128,7 @@ class Orion:
         return client.fetch_trials_by_status(status) if status else client.fetch_trials()
 
     def close(self) -> None:
-        self.storage._db.dispose()
+        self.storage.close()
 
 
 @dataclass

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL, make_url
 
 from orion_sql import __version__
 from orion_sql.cli import main
-from orion_sql.engine import DEFAULT_SQLITE_PATH, configured_url, sqlite_url
+from orion_sql.location import DEFAULT_SQLITE_PATH, configured_url, sqlite_url
 from orion_sql.schema import downgrade, head_revision, revisions
 from orion_sql.database import Database
 from support.schema import FUTURE_REVISION, revision_of, stamp, table_names

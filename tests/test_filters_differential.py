@@ -50,7 +50,7 @@ from orion.core.utils.flatten import flatten, unflatten
 from orion.core.worker.trial import Trial
 from sqlalchemy import delete
 
-from orion_sql import codec
+from orion_sql import exact_json, mapping
 from orion_sql.models import ExperimentRow
 
 IN_CI = bool(os.environ.get("CI")) or os.environ.get("ORION_SQL_REQUIRE_POSTGRESQL") == "1"
@@ -258,7 +258,7 @@ def _mongo_equal(a, b) -> bool:
     """Equality as orion_sql applies it: booleans are not numbers, containers are JSON."""
     if isinstance(a, (list, tuple, dict)) or isinstance(b, (list, tuple, dict)):
         containers = isinstance(a, (list, tuple, dict)) and isinstance(b, (list, tuple, dict))
-        return containers and codec.dumps(a) == codec.dumps(b)
+        return containers and exact_json.dumps(a) == exact_json.dumps(b)
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
     return a == b
@@ -365,10 +365,7 @@ def identities(documents) -> list:
 
 # --- experiments ------------------------------------------------------------------
 
-EXPERIMENT_COLUMNS = {
-    "_id": int, "name": str, "version": int, "metadata.user": str, "metadata.datetime": datetime.datetime,
-    "refers.parent_id": int, "refers.root_id": int,
-}
+EXPERIMENT_COLUMNS = {key: kind for key, (_, kind) in mapping.EXPERIMENT_FIELDS.items()}
 
 
 def write_experiments(storage, documents):
@@ -430,7 +427,7 @@ def test_experiment_selections_return_what_ephemeraldb_returns(storage, referenc
 
 # --- trials -----------------------------------------------------------------------
 
-TRIAL_COLUMNS = {key: kind for key, (_, kind) in codec.TRIAL_FIELDS.items()}
+TRIAL_COLUMNS = {key: kind for key, (_, kind) in mapping.TRIAL_FIELDS.items()}
 WORDS = st.sampled_from(["", "a", "B", "worker-1", "é"])
 TIMES = st.none() | st.sampled_from([datetime.datetime(2024, 1, 31, 12, second) for second in (0, 1, 2)]) | DATETIMES
 

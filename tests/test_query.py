@@ -140,7 +140,7 @@ def natural_collation_storage(request):
     if request.param == "sqlite":
         storage = SQL(uri=request.getfixturevalue("sqlite_url_fresh"))
         yield storage
-        storage._db.dispose()
+        storage.close()
         return
     server = request.getfixturevalue("postgresql_server")
     options = dict(host=server.host, port=server.port, user=server.user, password=server.password or None)
@@ -155,7 +155,7 @@ def natural_collation_storage(request):
         password = f":{server.password}" if server.password else ""
         storage = SQL(uri=f"postgresql+psycopg://{server.user}{password}@{server.host}:{server.port}/{name}")
         yield storage
-        storage._db.dispose()
+        storage.close()
     finally:
         with psycopg.connect(dbname="postgres", autocommit=True, **options) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

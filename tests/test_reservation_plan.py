@@ -66,7 +66,7 @@ def crowded(database_url):
         conn.execute(text("ANALYZE"))
         conn.commit()
     yield storage, Experiment("crowded", Space(), version=1, _id=ids["crowded"], storage=storage)
-    storage._db.dispose()
+    storage.close()
 
 
 def reservation_statement(storage: SQL, experiment) -> tuple[str, object]:

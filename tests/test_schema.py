@@ -26,7 +26,7 @@ from frozen.make_frozen import EXPERIMENT, TRIALS, freeze
 from frozen.revision_writers import WRITERS, OrionRecord, assert_stored, build, objective
 from orion_sql import SQL
 from orion_sql.database import Database
-from orion_sql.engine import DEFAULT_SQLITE_PATH, sqlite_url
+from orion_sql.location import DEFAULT_SQLITE_PATH, sqlite_url
 from support.schema import FUTURE_REVISION, REPOSITORY, revision_of, stamp, table_names
 from orion_sql.schema import (
     VERSION_TABLE,
@@ -83,7 +83,7 @@ def test_up_and_down_over_every_revision_keeps_the_data_written_at_each(empty_ur
         storage = SQL(uri=empty_url)
         for record in written:
             assert_stored(storage, record)
-        storage._db.dispose()
+        storage.close()
 
     check_stored(up_writing_at_each_revision("first"))
 
@@ -126,7 +126,7 @@ def test_make_frozen_writes_one_self_contained_file_with_the_experiment(revision
     storage = SQL(uri=str(path))
     (document,) = storage.fetch_experiments({"name": EXPERIMENT})
     assert [trial.status for trial in storage.fetch_trials(uid=document["_id"])] == ["completed"] * TRIALS
-    storage._db.dispose()
+    storage.close()
 
 
 @pytest.mark.slow
@@ -156,7 +156,7 @@ def test_a_frozen_database_upgrades_to_head_and_runs_an_experiment(frozen, tmp_p
     assert now[:TRIALS] == old
     assert [trial["status"] for trial in now] == ["completed"] * (TRIALS + 2)
     assert len({trial["id"] for trial in now}) == TRIALS + 2
-    storage._db.dispose()
+    storage.close()
 
 
 # --- column types --------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_json_value_columns_keep_numbers_exact(database_url, request):
     storage.register_trial(trial)
     (stored,) = storage.fetch_trials(uid=config["_id"])
     values = [(value.name, repr(value.value)) for value in [*stored._params, *stored.results]]
-    storage._db.dispose()
+    storage.close()
     assert values == [("x", "2.0"), ("big", repr(2**70)), ("loss", "1.0")]
     assert stored.id == trial.id
 
@@ -205,7 +205,7 @@ def test_alembic_check_fails_on_drift(database_url):
 
 
 def test_storage_initialises_an_empty_database(empty_url):
-    SQL(uri=empty_url)._db.dispose()
+    SQL(uri=empty_url).close()
     assert revision_of(empty_url) == head_revision()
 
 
@@ -268,6 +268,12 @@ def _alembic(*args: str, env: dict) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "alembic", *args], cwd=REPOSITORY, env={**environment, **env},
         capture_output=True, text=True, timeout=120,
     )
+
+
+def test_alembic_ini_names_the_version_table_the_package_uses():
+    """env.py takes the version table from Alembic's configuration: both must name the same one."""
+    assert Config(str(REPOSITORY / "alembic.ini")).get_main_option("version_table") == VERSION_TABLE
+    assert alembic_config().get_main_option("version_table") == VERSION_TABLE
 
 
 @pytest.mark.slow
@@ -354,7 +360,7 @@ def test_a_database_shared_with_another_alembic_application(empty_url, tmp_path,
 
     command.upgrade(other, "head")
     assert upgrade(database) == (None, head_revision()), "orion_sql must not read the other application's version"
-    SQL(uri=empty_url)._db.dispose()
+    SQL(uri=empty_url).close()
     with database.transaction(write=True) as conn:
         conn.execute(sa.text("INSERT INTO widgets (name) VALUES ('sprocket')"))
         WRITERS[head_revision()](conn, orion_record)
@@ -381,5 +387,5 @@ def test_a_database_shared_with_another_alembic_application(empty_url, tmp_path,
     assert _rows(empty_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(head_revision(),)]
     storage = SQL(uri=empty_url)
     assert_stored(storage, orion_record)
-    storage._db.dispose()
+    storage.close()
     database.dispose()

@@ -106,7 +106,7 @@ def occupied_url(database_url) -> str:
     storage.register_trial(Trial(experiment=config["_id"], status="completed",
                                  params=[{"name": "x", "type": "real", "value": 0.5}],
                                  results=[{"name": "loss", "type": "objective", "value": 1.0}]))
-    storage._db.dispose()
+    storage.close()
     return database_url
 
 
@@ -196,7 +196,7 @@ def assert_sql_holds(url: str, expected: dict[str, list[dict]]) -> dict:
         assert [without_id(doc) for doc in storage.fetch_benchmark({})] == [without_id(doc) for doc in expected["benchmarks"]]
         return ids
     finally:
-        storage._db.dispose()
+        storage.close()
 
 
 # --- import ------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_what_is_not_imported_is_said_in_warnings(source, occupied_url, capsys):
     sql = SQL(uri=occupied_url)
     (v2,) = sql.fetch_experiments({"name": "quad", "version": 2})
     assert v2["refers"]["parent_id"] is None and v2["refers"]["root_id"] == v2["_id"]
-    sql._db.dispose()
+    sql.close()
 
 
 # --- what cannot be read leaves the database as it was ---------------------------------

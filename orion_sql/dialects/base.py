@@ -1,6 +1,7 @@
 """The interface every dialect implements."""
 from __future__ import annotations
 
+import abc
 import datetime
 import enum
 from typing import Any, Sequence
@@ -24,8 +25,9 @@ class ErrorKind(enum.Enum):
     DISCONNECT = "disconnect"  # retry only what is safe to repeat
 
 
-class Dialect:
-    """Database-specific behaviour behind one interface."""
+class Dialect(abc.ABC):
+    """Database-specific behaviour behind one interface; a dialect lacking a method
+    marked abstract cannot be instantiated."""
 
     name: str
     # Whether a transaction can hold a row lock that others wait on (see algo_lock).
@@ -33,21 +35,21 @@ class Dialect:
     # Whether a statement may write inside WITH (then select what it wrote): see statements.
     writes_in_with: bool = False
 
+    @abc.abstractmethod
     def engine_options(self) -> dict[str, Any]:
         """Extra keyword arguments for `sqlalchemy.create_engine`."""
-        raise NotImplementedError
 
     def prepare_engine(self, engine: Engine) -> None:
         """Install per-connection settings and transaction handling on a new engine."""
 
-    def transaction_options(self, write: bool, atomic: bool) -> dict[str, Any]:
+    def transaction_options(self, write: bool, autocommit: bool) -> dict[str, Any]:
         """Execution options for work that writes or not, and whose statements must
-        share one transaction (`atomic`) or may each commit on their own."""
+        share one transaction or may each commit on their own (`autocommit`)."""
         return {WRITE_OPTION: True} if write else {}
 
+    @abc.abstractmethod
     def now(self, minus: datetime.timedelta | None = None) -> ColumnElement[datetime.datetime]:
         """The database server's clock as naive UTC, optionally `minus` a duration."""
-        raise NotImplementedError
 
     def classify(self, error: DBAPIError) -> ErrorKind | None:
         """What a database error means, or None when it means nothing special."""
@@ -64,7 +66,7 @@ class Dialect:
         raise NotImplementedError(f"{self.name} cannot write inside WITH")
 
     def values_payload(self, rows: list[dict]) -> str:
-        """Rows of :func:`codec.value_rows` encoded for :meth:`upsert_values`."""
+        """Rows of :func:`mapping.value_rows` encoded for :meth:`upsert_values`."""
         raise NotImplementedError(f"{self.name} cannot write inside WITH")
 
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
@@ -77,29 +79,29 @@ class Dialect:
     # --- JSON documents ---------------------------------------------------------
     # `kind` names are canonical: null, boolean, number, string, array, object.
 
+    @abc.abstractmethod
     def json_kind_in(self, doc: ColumnElement, path: JsonPath, kinds: Sequence[str]) -> ColumnElement[bool]:
         """True where the value at `path` exists and is of one of `kinds`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def json_exists(self, doc: ColumnElement, path: JsonPath) -> ColumnElement[bool]:
         """True where `path` exists in the document (its value may be JSON null)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def json_text(self, doc: ColumnElement, path: JsonPath) -> ColumnElement[str]:
         """The value at `path` as text: a string's characters, other values as JSON."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def json_number(self, doc: ColumnElement, path: JsonPath) -> ColumnElement:
         """The value at `path` as a number; only meaningful where it is one."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def json_equals(self, doc: ColumnElement, path: JsonPath, json_text: str) -> ColumnElement[bool]:
         """True where the value at `path` equals the JSON value `json_text`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def text_number(self, text: ColumnElement[str]) -> ColumnElement:
         """A finite number written as text (a tagged float), comparable with :meth:`json_number`."""
-        raise NotImplementedError
 
     def number_literal(self, value: int | float) -> ColumnElement:
         """`value` as a SQL operand compared exactly with :meth:`json_number`."""

@@ -8,7 +8,7 @@ from sqlalchemy import JSON, Engine, Float, Integer, Numeric, Text, bindparam, c
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.exc import DBAPIError
 
-from orion_sql import codec
+from orion_sql import exact_json
 from orion_sql.dialects.base import Dialect, ErrorKind, JsonPath
 from orion_sql.models import UtcDateTime
 
@@ -52,8 +52,8 @@ class PostgreSQLDialect(Dialect):
                 cursor.execute(statement)
             dbapi_connection.commit()
 
-    def transaction_options(self, write, atomic):
-        if not atomic:
+    def transaction_options(self, write, autocommit):
+        if autocommit:
             # Each statement commits itself: no BEGIN and COMMIT round trips.
             return {"isolation_level": "AUTOCOMMIT"}
         if not write:
@@ -110,7 +110,7 @@ class PostgreSQLDialect(Dialect):
                     "position": str(row["position"]),
                     "name": row["name"],
                     "type": row["type"],
-                    "value": codec.dumps(row["value"]),
+                    "value": exact_json.dumps(row["value"]),
                     "numeric_value": None if row["numeric_value"] is None else repr(row["numeric_value"]),
                     "text_value": row["text_value"],
                 }

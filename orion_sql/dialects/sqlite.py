@@ -83,7 +83,7 @@ class SQLiteDialect(Dialect):
 
     @staticmethod
     def _path(path: JsonPath) -> str:
-        # A quoted label matches the key as the codec wrote it (json.dumps escapes), but
+        # A quoted label matches the key as exact_json wrote it (json.dumps escapes), but
         # SQLite ends the label at the first double quote, escaped or not.
         for key in path:
             if '"' in key:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from orion_sql import SQL
 from orion_sql.database import Database
-from orion_sql.engine import sqlite_url
+from orion_sql.location import sqlite_url
 from orion_sql.schema import head_revision, revisions, upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, as pytest puts it
@@ -44,7 +44,7 @@ def freeze(revision: str, path: Path) -> None:
     if revision == head_revision():
         storage = SQL(uri=url)
         build(EXPERIMENT, storage).workon(objective, max_trials=TRIALS)
-        storage._db.dispose()  # its connections would keep the file in WAL mode
+        storage.close()  # its connections would keep the file in WAL mode
     else:
         with database.transaction(write=True) as conn:
             WRITERS[revision](conn, OrionRecord.run(EXPERIMENT, TRIALS))

@@ -3,7 +3,7 @@
 Oríon runs the experiment in memory (its EphemeralDB); WRITERS[revision] inserts
 it with plain SQL valid at that revision. Like a revision file, a writer is
 frozen: it spells out that revision's tables and JSON conventions and never
-follows later models or codec changes. Every new revision adds its writer.
+follows later models or mapping changes. Every new revision adds its writer.
 The storage at head must then read back exactly what Oríon produced
 (:func:`assert_stored`), which proves the data survived every upgrade between.
 """

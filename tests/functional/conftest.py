@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from orion_sql import SQL
 from orion_sql.database import Database
-from orion_sql.engine import resolve_url
+from orion_sql.location import resolve_url
 from orion_sql.models import Base
 
 ORION = str(Path(sys.executable).with_name("orion"))
@@ -127,7 +127,7 @@ def sql_storage(database_url):
     """The sql storage on the test's database, to compare with what the CLI shows."""
     storage = SQL(uri=database_url)
     yield storage
-    storage._db.dispose()
+    storage.close()
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-import orion_sql.engine
+import orion_sql.location
 from orion_sql import SQL
-from orion_sql.engine import EXAMPLE_URL, ConfigurationError, resolve_url
+from orion_sql.location import EXAMPLE_URL, ConfigurationError, resolve_url
 from support.documents import make_trial, new_experiment
 
 PASSWORD = "s3cr3t-Pw-4711"
@@ -28,7 +28,7 @@ PASSWORD = "s3cr3t-Pw-4711"
 def default_path(tmp_path, monkeypatch) -> str:
     """The embedded default moved to a folder that does not exist yet."""
     path = tmp_path / "user_data" / "orion" / "orion_db.sqlite"
-    monkeypatch.setattr(orion_sql.engine, "DEFAULT_SQLITE_PATH", str(path))
+    monkeypatch.setattr(orion_sql.location, "DEFAULT_SQLITE_PATH", str(path))
     return str(path)
 
 
@@ -167,9 +167,9 @@ def test_storage_survives_pickle(storage):
     with copy.acquire_algorithm_lock(uid=config["_id"], timeout=1) as locked:
         locked.set_state({"from": "copy"})
     assert storage.get_algorithm_lock_info(uid=config["_id"]).state == {"from": "copy"}
-    storage._db.dispose()  # an unpickled copy works on its own
+    storage.close()  # an unpickled copy works on its own
     assert names(copy) == ["exp"]
-    copy._db.dispose()
+    copy.close()
 
 
 def _connection_id(storage):

@@ -1,97 +1,17 @@
-"""Oríon documents <-> rows: exact JSON, derived columns, trials with params and results.
+"""Oríon documents <-> rows: the field table of each collection, derived columns,
+trials with their params and results.
 
-JSON columns hold strict JSON. Values JSON cannot say are written as one-key
-objects, in the manner of MongoDB's extended JSON, and come back as they went in:
-``{"$datetime": "2024-01-31T12:00:00.000001"}`` and ``{"$float": "inf"}``. So are
-the floats PostgreSQL's JSONB would not give back as floats (it keeps numbers as
-decimals: 1e300 would come back as the integer 10**300, -0.0 as 0.0):
-``{"$float": "1e+300"}``, ``{"$float": "-0.0"}``.
+Each collection's field table says which document key is stored in which column,
+with the type it must have; the columns written and the filter vocabulary
+(:mod:`orion_sql.filters`) are both derived from it.
 """
 from __future__ import annotations
 
 import copy
 import datetime
-import json
-import math
 from typing import Any, Iterable, Mapping
 
 from orion.core.worker.trial import validate_status
-
-DATETIME_TAG = "$datetime"
-FLOAT_TAG = "$float"
-
-
-# --- JSON ----------------------------------------------------------------------
-
-
-def to_json_safe(value: Any, path: str = "") -> Any:
-    """Return `value` as plain JSON data, tagging what JSON cannot represent.
-
-    Raises ValueError, naming the path, for what cannot be stored exactly.
-    """
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        text = repr(value)  # 'nan', 'inf', '-inf', '-0.0', '1e+300', or a plain decimal
-        if math.isfinite(value) and "e+" not in text and text != "-0.0":
-            return value
-        return {FLOAT_TAG: text}
-    if isinstance(value, datetime.datetime):
-        return {DATETIME_TAG: value.isoformat(timespec="microseconds")}
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                raise ValueError(f"{path or 'document'}: key {key!r} is not a string")
-        return {key: to_json_safe(item, _join(path, key)) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json_safe(item, f"{path}[{index}]") for index, item in enumerate(value)]
-    if hasattr(value, "tolist"):  # numpy scalars and arrays, as Oríon converts them
-        return to_json_safe(value.tolist(), path)
-    raise ValueError(
-        f"{path or 'value'}: {type(value).__name__} {value!r} cannot be stored as JSON"
-    )
-
-
-def from_json_safe(value: Any) -> Any:
-    """Inverse of :func:`to_json_safe`."""
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((key, tagged),) = value.items()
-            if key == DATETIME_TAG and isinstance(tagged, str):
-                return datetime.datetime.fromisoformat(tagged)
-            if key == FLOAT_TAG and isinstance(tagged, str) and _is_float_text(tagged):
-                return float(tagged)
-        return {key: from_json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [from_json_safe(item) for item in value]
-    return value
-
-
-def _is_float_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def dumps(value: Any) -> str:
-    """Serialize for a JSON column (the engine's json_serializer)."""
-    # Sorted keys make equal documents equal text, which SQLite compares.
-    return json.dumps(to_json_safe(value), allow_nan=False, separators=(",", ":"), sort_keys=True)
-
-
-def loads(text: str) -> Any:
-    """Deserialize a JSON column (the engine's json_deserializer)."""
-    return from_json_safe(json.loads(text))
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-# --- Derived columns -----------------------------------------------------------
-
 
 def _get_path(document: Mapping, dotted: str) -> Any:
     value: Any = document
@@ -121,26 +41,40 @@ def naive_utc(value: datetime.datetime) -> datetime.datetime:
     return value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
 
 
+# Oríon's experiment keys stored in a column of their own (a dotted key is nested in
+# the document), with the type each must have. The whole document is kept as well.
+EXPERIMENT_FIELDS: dict[str, tuple[str, type]] = {
+    "_id": ("id", int),
+    "name": ("name", str),
+    "version": ("version", int),
+    "refers.parent_id": ("parent_id", int),
+    "refers.root_id": ("root_id", int),
+    "metadata.user": ("username", str),
+    "metadata.datetime": ("created_at", datetime.datetime),
+}
+BENCHMARK_FIELDS: dict[str, tuple[str, type]] = {"_id": ("id", int), "name": ("name", str)}
+# Keys every experiment and benchmark has; the other lifted keys may be absent or None.
+REQUIRED_KEYS = frozenset({"name", "version"})
+
+
 def experiment_columns(document: Mapping) -> dict[str, Any]:
-    """The indexed columns of an experiment row, derived from its document."""
-    created_at = _typed(document, "metadata.datetime", datetime.datetime)
-    return {
-        "name": _typed(document, "name", str, required=True),
-        "version": _typed(document, "version", int, required=True),
-        "parent_id": _typed(document, "refers.parent_id", int),
-        "root_id": _typed(document, "refers.root_id", int),
-        "username": _typed(document, "metadata.user", str),
-        "created_at": naive_utc(created_at) if created_at else None,
-        "document": {key: value for key, value in document.items() if key != "_id"},
-    }
+    """The columns of an experiment row: its lifted keys, and the document without `_id`."""
+    return _document_columns(document, EXPERIMENT_FIELDS)
 
 
 def benchmark_columns(document: Mapping) -> dict[str, Any]:
     """The columns of a benchmark row, derived from its document."""
-    return {
-        "name": _typed(document, "name", str, required=True),
-        "document": {key: value for key, value in document.items() if key != "_id"},
-    }
+    return _document_columns(document, BENCHMARK_FIELDS)
+
+
+def _document_columns(document: Mapping, fields: Mapping[str, tuple[str, type]]) -> dict[str, Any]:
+    columns = {}
+    for key, (column, kind) in fields.items():
+        if key != "_id":
+            value = _typed(document, key, kind, required=key in REQUIRED_KEYS)
+            columns[column] = naive_utc(value) if isinstance(value, datetime.datetime) else value
+    columns["document"] = {key: value for key, value in document.items() if key != "_id"}
+    return columns
 
 
 def explicit_id(document: Mapping) -> int | None:

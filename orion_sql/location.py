@@ -1,4 +1,4 @@
-"""Where the database is, and the SQLAlchemy engine that reaches it.
+"""Where the database is: its URL, from the storage's configuration, and how it is shown.
 
 One function, :func:`resolve_url`, answers "which database" for the storage, the
 `orion-sql` command and Alembic alike: an explicit URL, else Oríon's
@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from typing import Any, Mapping, Optional
 
 import orion.core
 import yaml
-from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError
-
-from orion_sql import codec
-from orion_sql.dialects import dialect_for
+from sqlalchemy.exc import ArgumentError
 
 EXAMPLE_URL = "postgresql+psycopg://user:password@db.example.org:5432/orion"
-# A pooled connection idle longer than this is pinged before it is used again.
-PING_AFTER_IDLE_SECONDS = 2.0
 DEFAULT_SQLITE_PATH = os.path.join(orion.core.DIRS.user_data_dir, "orion", "orion_db.sqlite")
 
 # Drivers we ship and test, by the URL's backend name.
@@ -157,42 +150,3 @@ def _check_legacy_database_keys(database: Mapping[str, Any]) -> None:
                 f"storage.database.{key}={value!r} is not used by the sql storage; "
                 f"put everything in storage.database.host as a URL, e.g. {EXAMPLE_URL!r}"
             )
-
-
-def build_engine(url: URL) -> Engine:
-    """An engine for `url`, tuned by its dialect, with exact JSON through the codec."""
-    dialect = dialect_for(url)
-    if url.get_backend_name() == "sqlite":
-        os.makedirs(os.path.dirname(url.database), exist_ok=True)
-    engine = create_engine(
-        url,
-        json_serializer=codec.dumps,
-        json_deserializer=codec.loads,
-        **dialect.engine_options(),
-    )
-    dialect.prepare_engine(engine)
-    _ping_idle_connections(engine)
-    return engine
-
-
-def _ping_idle_connections(engine: Engine) -> None:
-    """Pre-ping pooled connections that sat idle long enough to have been dropped.
-
-    A server restart or an idle-connection timeout kills connections while they
-    wait in the pool; a dead one is replaced before use. A connection used
-    moments ago is not pinged: a ping on every checkout would add a round trip
-    to every storage call.
-    """
-
-    @event.listens_for(engine, "checkin")
-    def remember_last_use(dbapi_connection, record):
-        record.info["checked_in"] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def ping_if_idle(dbapi_connection, record, proxy):
-        if time.monotonic() - record.info.get("checked_in", time.monotonic()) < PING_AFTER_IDLE_SECONDS:
-            return
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except Exception as error:  # the pool replaces the connection and tries again
-            raise DisconnectionError(f"pooled connection is dead: {error}") from error

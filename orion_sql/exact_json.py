@@ -1,0 +1,84 @@
+"""Exact JSON: what JSON columns hold, and how every value comes back as it went in.
+
+JSON columns hold strict JSON. Values JSON cannot say are written as one-key
+objects, in the manner of MongoDB's extended JSON, and come back as they went in:
+``{"$datetime": "2024-01-31T12:00:00.000001"}`` and ``{"$float": "inf"}``. So are
+the floats PostgreSQL's JSONB would not give back as floats (it keeps numbers as
+decimals: 1e300 would come back as the integer 10**300, -0.0 as 0.0):
+``{"$float": "1e+300"}``, ``{"$float": "-0.0"}``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from typing import Any
+
+DATETIME_TAG = "$datetime"
+FLOAT_TAG = "$float"
+
+
+def to_json_safe(value: Any, path: str = "") -> Any:
+    """Return `value` as plain JSON data, tagging what JSON cannot represent.
+
+    Raises ValueError, naming the path, for what cannot be stored exactly.
+    """
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        text = repr(value)  # 'nan', 'inf', '-inf', '-0.0', '1e+300', or a plain decimal
+        if math.isfinite(value) and "e+" not in text and text != "-0.0":
+            return value
+        return {FLOAT_TAG: text}
+    if isinstance(value, datetime.datetime):
+        return {DATETIME_TAG: value.isoformat(timespec="microseconds")}
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"{path or 'document'}: key {key!r} is not a string")
+        return {key: to_json_safe(item, _join(path, key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(item, f"{path}[{index}]") for index, item in enumerate(value)]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, as Oríon converts them
+        return to_json_safe(value.tolist(), path)
+    raise ValueError(
+        f"{path or 'value'}: {type(value).__name__} {value!r} cannot be stored as JSON"
+    )
+
+
+def from_json_safe(value: Any) -> Any:
+    """Inverse of :func:`to_json_safe`."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((key, tagged),) = value.items()
+            if key == DATETIME_TAG and isinstance(tagged, str):
+                return datetime.datetime.fromisoformat(tagged)
+            if key == FLOAT_TAG and isinstance(tagged, str) and _is_float_text(tagged):
+                return float(tagged)
+        return {key: from_json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_json_safe(item) for item in value]
+    return value
+
+
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def dumps(value: Any) -> str:
+    """Serialize for a JSON column (the engine's json_serializer)."""
+    # Sorted keys make equal documents equal text, which SQLite compares.
+    return json.dumps(to_json_safe(value), allow_nan=False, separators=(",", ":"), sort_keys=True)
+
+
+def loads(text: str) -> Any:
+    """Deserialize a JSON column (the engine's json_deserializer)."""
+    return from_json_safe(json.loads(text))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,75 @@
+"""Row writes the storage's methods are made of, each a function of a connection.
+
+Documents become rows through :mod:`orion_sql.mapping`; these functions only
+add what several protocol methods share: explicit ids, params and results, the
+algorithm lock row, setting trial fields.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from orion_sql import mapping
+from orion_sql.dialects import Dialect
+from orion_sql.models import AlgoLockRow, ParamRow, ResultRow, TrialRow
+
+trials: Table = TrialRow.__table__
+VALUE_MODELS = {"params": ParamRow, "results": ResultRow}
+
+
+def rows_matched(statement) -> Callable[[Connection], int]:
+    """Work running one write statement: the number of rows it matched."""
+    return lambda conn: conn.execute(statement).rowcount
+
+
+def insert_keeping_id(conn: Connection, dialect: Dialect, table: Table, values: Mapping[str, Any]) -> int:
+    """Insert one row, keeping an explicit `id` (Oríon's test helpers give them); its id."""
+    explicit = values.get("id") is not None
+    values = values if explicit else {key: value for key, value in values.items() if key != "id"}
+    new_id = conn.execute(insert(table).values(**values).returning(table.c.id)).scalar_one()
+    if explicit:
+        dialect.sync_id_sequence(conn, table, new_id)
+    return new_id
+
+
+def insert_algorithm_lock(conn: Connection, dialect: Dialect, experiment_id: int, configuration) -> None:
+    """A free algorithm lock with no state yet, for a new experiment."""
+    conn.execute(
+        insert(AlgoLockRow.__table__).values(
+            experiment_id=experiment_id, configuration=configuration, state=None, locked=False, heartbeat=dialect.now()
+        )
+    )
+
+
+def write_values(conn: Connection, trial_ids: list[int], document: Mapping, replace: bool = False) -> None:
+    """Insert (or `replace`) the params and/or results `document` gives, for these trials."""
+    for key, model in VALUE_MODELS.items():
+        if key not in document:
+            continue
+        if replace:
+            conn.execute(delete(model).where(model.trial_id.in_(trial_ids)))
+        rows = [row for trial_id in trial_ids for row in mapping.value_rows(trial_id, document[key] or [])]
+        if rows:
+            conn.execute(insert(model.__table__), rows)
+
+
+def set_trial_fields(clause: ColumnElement[bool], fields: Mapping[str, Any]) -> Callable[[Connection], int]:
+    """Work setting `fields` (trial document keys) on the trials matching `clause`:
+    the number of trials matched."""
+    columns = mapping.trial_columns(fields)
+    expected_id = columns.pop("id", None)
+
+    def set_fields(conn: Connection) -> int:
+        if columns:
+            ids = conn.execute(update(trials).where(clause).values(**columns).returning(TrialRow.id)).scalars().all()
+        else:
+            ids = conn.execute(select(TrialRow.id).where(clause).with_for_update()).scalars().all()
+        if expected_id is not None and any(trial_id != expected_id for trial_id in ids):
+            raise ValueError(f"a trial's _id cannot be changed (to {expected_id!r})")
+        if ids:
+            write_values(conn, list(ids), fields, replace=True)
+        return len(ids)
+
+    return set_fields
