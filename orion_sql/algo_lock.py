@@ -24,7 +24,7 @@ import pickle
 import threading
 import time
 import uuid
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 from sqlalchemy import Connection, and_, or_, select, update
@@ -32,9 +32,8 @@ from sqlalchemy.exc import DBAPIError
 
 from orion_sql.database import Database, process_name
 from orion_sql.dialects import ErrorKind
-from orion_sql.models import AlgoLockRow
+from orion_sql.models import AlgoLockRow, algo_locks
 
-algo_locks = AlgoLockRow.__table__
 log = logging.getLogger(__name__)
 
 FIRST_POLL_SECONDS = 0.005
@@ -61,7 +60,7 @@ class AlgorithmLock:
     def _saved(self, state) -> dict:
         return {"state": pickle.dumps(state), "heartbeat": self.database.dialect.now()}
 
-    def info(self, experiment_id) -> Optional[LockedAlgorithmState]:
+    def info(self, experiment_id) -> LockedAlgorithmState | None:
         """The stored state and configuration, and whether someone holds the lock now."""
         raise NotImplementedError
 

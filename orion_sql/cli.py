@@ -13,10 +13,11 @@ import argparse
 import logging
 import sys
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
 from alembic.util import CommandError
 from orion.core.io.database import OutdatedDatabaseError
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     if args.verbose:
         logging.getLogger("alembic").setLevel(logging.INFO)
-    url = None
+    url: URL | None = None
     try:
         url = configured_url(args.url, args.config)
         database = Database(url)
@@ -64,9 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandFailed, ConfigurationError, CommandError, OutdatedDatabaseError, NewerDatabaseError) as error:
         return _fail(_first_line(error), url)
     except DBAPIError as error:
-        return _fail(f"cannot use the database {redact(url)}: {_first_line(error.orig)}", url)
+        return _fail(f"cannot use the database {_where(url)}: {_first_line(error.orig or error)}", url)
     except OSError as error:  # e.g. the SQLite file's folder cannot be created
-        return _fail(f"cannot use the database {redact(url)}: {error}", url)
+        return _fail(f"cannot use the database {_where(url)}: {error}", url)
     except KeyboardInterrupt:
         _fail("interrupted", url)
         return EXIT_INTERRUPTED
@@ -206,7 +207,9 @@ def run_import(database: Database, args: argparse.Namespace) -> int:
         _require_schema(database, allow_empty=True)  # an empty one gets the schema inside the import
         summary = import_documents(database, documents, overwrite=args.overwrite, progress=_progress)
     except ConflictError as error:
-        raise CommandFailed(f"{error} (use --overwrite to replace {'it' if len(error.labels) == 1 else 'them'})") from None
+        raise CommandFailed(
+            f"{error} (use --overwrite to replace {'it' if len(error.labels) == 1 else 'them'})"
+        ) from None
     except (LegacyDatabaseError, TransferError) as error:
         raise CommandFailed(str(error)) from None
     for warning in summary.warnings:
@@ -276,6 +279,10 @@ def _ask(question: str) -> str:
 
 def _name(revision: str | None) -> str:
     return revision or "base (no orion_sql schema)"
+
+
+def _where(url: URL | None) -> str:
+    return "(not found)" if url is None else redact(url)
 
 
 def _first_line(error: BaseException) -> str:

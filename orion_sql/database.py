@@ -15,7 +15,8 @@ import os
 import random
 import socket
 import time
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Callable, TypeVar
 
 from orion.core.io.database import DuplicateKeyError
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -51,12 +52,13 @@ class Database:
     @property
     def engine(self) -> Engine:
         """This process's engine; a forked child drops its parent's connections."""
-        if self._engine_pid != os.getpid():
-            if self._engine is not None:
-                self._engine.dispose(close=False)
-            self._engine = build_engine(self.url)
+        engine = self._engine
+        if engine is None or self._engine_pid != os.getpid():
+            if engine is not None:
+                engine.dispose(close=False)
+            engine = self._engine = build_engine(self.url)
             self._engine_pid = os.getpid()
-        return self._engine
+        return engine
 
     def dispose(self) -> None:
         """Close this process's connections (they reopen on next use)."""
@@ -99,7 +101,7 @@ class Database:
                 safe_after_disconnect = idempotent or not write
                 retry = kind is ErrorKind.TRANSIENT or (kind is ErrorKind.DISCONNECT and safe_after_disconnect)
                 attempt += 1
-                if not retry or attempt == ATTEMPTS:
+                if kind is None or not retry or attempt == ATTEMPTS:
                     raise
                 delay = FIRST_BACKOFF_SECONDS * 2**attempt * random.uniform(0.5, 1.5)
                 log.debug("retrying after %s (%s), in %.3fs", kind.value, _first_line(error), delay)
@@ -112,7 +114,7 @@ class Database:
         return {"url": self.url.render_as_string(hide_password=False)}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(make_url(state["url"]))
+        Database.__init__(self, make_url(state["url"]))
 
 
 def process_name() -> str:
@@ -127,7 +129,7 @@ def _first_line(error: DBAPIError) -> str:
 def build_engine(url: URL) -> Engine:
     """An engine for `url`, tuned by its dialect, with exact JSON in JSON columns."""
     dialect = dialect_for(url)
-    if url.get_backend_name() == "sqlite":
+    if url.get_backend_name() == "sqlite" and url.database:
         os.makedirs(os.path.dirname(url.database), exist_ok=True)
     engine = create_engine(
         url,

@@ -6,17 +6,13 @@ legacy storage expects.
 """
 from __future__ import annotations
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import func, select
 
 from orion_sql import mapping
 from orion_sql.database import Database
 from orion_sql.legacy_db import LegacyDocuments, check_destination, write_pickleddb
-from orion_sql.models import AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow
+from orion_sql.models import AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow, algo_locks, benchmarks, experiments
 from orion_sql.transfer import NO_PROGRESS, Progress, Summary, experiment_trials
-
-experiments: Table = ExperimentRow.__table__
-algo_locks: Table = AlgoLockRow.__table__
-benchmarks: Table = BenchmarkRow.__table__
 
 
 def export_documents(database: Database, progress: Progress = NO_PROGRESS) -> tuple[LegacyDocuments, Summary]:
@@ -49,7 +45,9 @@ def export_documents(database: Database, progress: Progress = NO_PROGRESS) -> tu
     return documents, summary
 
 
-def export_to_pickleddb(database: Database, path: str, force: bool = False, progress: Progress = NO_PROGRESS) -> Summary:
+def export_to_pickleddb(
+    database: Database, path: str, force: bool = False, progress: Progress = NO_PROGRESS
+) -> Summary:
     """Write the whole database as a PickledDB file at `path` (replaced only if `force`)."""
     check_destination(path, force)
     documents, summary = export_documents(database, progress)

@@ -7,12 +7,12 @@ JSON document (see :mod:`orion_sql.query`).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from sqlalchemy import Table
 
 from orion_sql import mapping
-from orion_sql.models import BenchmarkRow, ExperimentRow, TrialRow
+from orion_sql.models import benchmarks, experiments, trials
 from orion_sql.query import Collection, Field
 
 
@@ -22,7 +22,9 @@ def _fields(table: Table, fields: Mapping[str, tuple[str, type]], document=None)
         key: Field(
             table.c[column],
             kind,
-            present=None if document is None or key == "_id" or key in mapping.REQUIRED_KEYS else _presence(document, key),
+            present=None
+            if document is None or key == "_id" or key in mapping.REQUIRED_KEYS
+            else _presence(document, key),
         )
         for key, (column, kind) in fields.items()
     }
@@ -35,16 +37,16 @@ def _presence(document, key: str):
 
 TRIAL_FILTERS = Collection(
     "trial",
-    fields=_fields(TrialRow.__table__, mapping.TRIAL_FIELDS),
+    fields=_fields(trials, mapping.TRIAL_FIELDS),
     refused={key: "params and results live in their own tables" for key in mapping.TRIAL_VALUE_LISTS},
 )
 EXPERIMENT_FILTERS = Collection(
     "experiment",
-    fields=_fields(ExperimentRow.__table__, mapping.EXPERIMENT_FIELDS, ExperimentRow.document),
-    document=ExperimentRow.document,
+    fields=_fields(experiments, mapping.EXPERIMENT_FIELDS, experiments.c.document),
+    document=experiments.c.document,
 )
 BENCHMARK_FILTERS = Collection(
     "benchmark",
-    fields=_fields(BenchmarkRow.__table__, mapping.BENCHMARK_FIELDS),
-    document=BenchmarkRow.document,
+    fields=_fields(benchmarks, mapping.BENCHMARK_FIELDS),
+    document=benchmarks.c.document,
 )

@@ -22,22 +22,29 @@ from __future__ import annotations
 
 import datetime
 from collections import Counter, defaultdict
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
-from orion_sql import mapping, exact_json
+from orion_sql import exact_json, mapping
 from orion_sql.database import Database
 from orion_sql.legacy_db import LegacyDocuments
-from orion_sql.models import PARAM_TYPES, RESULT_TYPES, AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow
+from orion_sql.models import (
+    PARAM_TYPES,
+    RESULT_TYPES,
+    AlgoLockRow,
+    BenchmarkRow,
+    ExperimentRow,
+    TrialRow,
+    algo_locks,
+    benchmarks,
+    experiments,
+    trials,
+)
+from orion_sql.rows import VALUE_TABLES
 from orion_sql.schema import initialise_if_empty
-from orion_sql.rows import VALUE_MODELS
 from orion_sql.transfer import NO_PROGRESS, Progress, Summary, TransferError, experiment_trials
-
-experiments: Table = ExperimentRow.__table__
-trials: Table = TrialRow.__table__
-algo_locks: Table = AlgoLockRow.__table__
-benchmarks: Table = BenchmarkRow.__table__
 
 # Trials inserted per round of statements: bounds memory and paces the progress bar.
 TRIAL_PAGE = 2000
@@ -80,7 +87,7 @@ class _Source:
             f"the source's collection {name!r} ({count} documents) is not one of Oríon's; it was not imported"
             for name, count in documents.unknown_collections.items()
         ]
-        self.by_id = {}
+        self.by_id: dict[Hashable, dict] = {}
         for document in self.experiments:
             if not isinstance(document.get("_id"), Hashable) or document.get("_id") is None:
                 raise TransferError(f"{self.label(document)} has no usable _id in the source")
@@ -95,7 +102,9 @@ class _Source:
         algos = self._group(documents.algo, "algorithm document")
         for experiment_id, group in algos.items():
             if len(group) > 1:
-                raise TransferError(f"{self.label(self.by_id[experiment_id])} has {len(group)} algorithm documents in the source")
+                raise TransferError(
+                    f"{self.label(self.by_id[experiment_id])} has {len(group)} algorithm documents in the source"
+                )
         self.algo = {experiment_id: group[0] for experiment_id, group in algos.items()}
         repeated = _repeated(benchmark.get("name") for benchmark in self.benchmarks)
         if repeated:
@@ -194,7 +203,9 @@ class _Import:
         try:
             return mapping.experiment_columns(content)
         except ValueError as error:
-            raise TransferError(f"{self.source.label(document)} (source _id {document.get('_id')!r}): {error}") from None
+            raise TransferError(
+                f"{self.source.label(document)} (source _id {document.get('_id')!r}): {error}"
+            ) from None
 
     @staticmethod
     def _without_links(document: dict) -> dict:
@@ -235,10 +246,11 @@ class _Import:
             select(AlgoLockRow.configuration, AlgoLockRow.state).where(AlgoLockRow.experiment_id == row.id)
         ).first()
         algo = self.source.algo.get(document["_id"])
-        if (stored is None) != (algo is None):
-            return False
-        if algo is not None and (
-            _dumps(algo.get("configuration"), label) != _dumps(stored.configuration, label) or algo.get("state") != stored.state
+        if stored is None or algo is None:
+            return stored is None and algo is None
+        if (
+            _dumps(algo.get("configuration"), label) != _dumps(stored.configuration, label)
+            or algo.get("state") != stored.state
         ):
             return False
         source_trials = self.source.trials.get(document["_id"], [])
@@ -268,9 +280,13 @@ class _Import:
             return
         state, heartbeat = algo.get("state"), algo.get("heartbeat")
         if state is not None and not isinstance(state, bytes):
-            raise TransferError(f"{self.source.label(document)}: its algorithm state is a {type(state).__name__}, not pickled bytes")
+            raise TransferError(
+                f"{self.source.label(document)}: its algorithm state is a {type(state).__name__}, not pickled bytes"
+            )
         if heartbeat is not None and not isinstance(heartbeat, datetime.datetime):
-            raise TransferError(f"{self.source.label(document)}: its algorithm heartbeat {heartbeat!r} is not a datetime")
+            raise TransferError(
+                f"{self.source.label(document)}: its algorithm heartbeat {heartbeat!r} is not a datetime"
+            )
         self.conn.execute(
             insert(algo_locks).values(
                 experiment_id=experiment_id,
@@ -300,10 +316,10 @@ class _Import:
                     )
                 ).all()
             )
-            for key, model in VALUE_MODELS.items():
+            for key, table in VALUE_TABLES.items():
                 rows = [{**value, "trial_id": ids[row["hash"]]} for row, values in page for value in values[key]]
                 if rows:
-                    self.conn.execute(insert(model.__table__), rows)
+                    self.conn.execute(insert(table), rows)
             self.summary.trials += len(page)
             self.trials_bar.update(len(page))
 
@@ -317,11 +333,13 @@ class _Import:
             for key in ("id", "status"):
                 if trial.get(key) is None:
                     raise ValueError(f"it has no {key!r}")
-            values = {key: mapping.value_rows(0, trial.get(key) or []) for key in VALUE_MODELS}
+            values = {key: mapping.value_rows(0, trial.get(key) or []) for key in VALUE_TABLES}
             for key, allowed in _VALUE_TYPES.items():
                 for value in values[key]:
                     if value["type"] is not None and value["type"] not in allowed:
-                        raise ValueError(f"{key[:-1]} {value['name']!r} has type {value['type']!r}, not one of {allowed}")
+                        raise ValueError(
+                            f"{key[:-1]} {value['name']!r} has type {value['type']!r}, not one of {allowed}"
+                        )
             fields = {key: value for key, value in trial.items() if key not in ("_id", "experiment")}
             return {**_TRIAL_DEFAULTS, **mapping.trial_columns(fields), "experiment_id": experiment_id}, values
         except (ValueError, TypeError, AttributeError) as error:
@@ -332,7 +350,7 @@ class _Import:
     def _plan_benchmarks(self, conflicts: list[str]) -> list[tuple[dict, int | None]]:
         """The benchmarks to write, with the id of the one each replaces; adds conflicts."""
         existing = {row.name: row for row in self.conn.execute(select(benchmarks))}
-        plan = []
+        plan: list[tuple[dict, int | None]] = []
         for document in self.source.benchmarks:
             content = {key: value for key, value in document.items() if key != "_id"}
             label = f"benchmark {document.get('name')!r}"
@@ -380,7 +398,7 @@ def _trials_content(documents: list[dict], label: str) -> str:
     def content(trial: dict) -> dict:
         values = {
             key: [{name: item.get(name) for name in ("name", "type", "value")} for item in trial.get(key) or []]
-            for key in VALUE_MODELS
+            for key in VALUE_TABLES
         }
         return {**{key: trial.get(key) for key in _TRIAL_KEYS}, **values}
 

@@ -95,7 +95,9 @@ def _open_pickleddb(path: str) -> EphemeralDB:
     try:
         database = pickle.loads(data)
     except Exception as error:  # noqa: BLE001 (arbitrary bytes can raise anything while unpickling)
-        raise LegacyDatabaseError(f"{path} is not a PickledDB file: it is not a pickle ({_first_line(error)})") from None
+        raise LegacyDatabaseError(
+            f"{path} is not a PickledDB file: it is not a pickle ({_first_line(error)})"
+        ) from None
     if not isinstance(database, EphemeralDB):
         raise LegacyDatabaseError(
             f"{path} is not a PickledDB file: it holds a {type(database).__name__}, not Oríon's EphemeralDB"
@@ -129,7 +131,9 @@ def write_pickleddb(path: str, documents: LegacyDocuments) -> None:
     database = Legacy(database={"type": "ephemeraldb"})._db  # pylint: disable=protected-access
     for name in COLLECTIONS:
         database.write(name, getattr(documents, name))
-    temporary = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    temporary = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
+    )
     try:
         # os.open applies the umask, as PickledDB's own open(..., "wb") does.
         with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import orion.core
 import yaml
@@ -35,15 +36,15 @@ _PASSWORD_IN_TEXT = re.compile(r"(://[^/@:]*:).*@")  # up to the last @: a passw
 
 def redact(url: URL | str) -> str:
     """The URL as text with its password hidden, for logs, errors and reprs."""
-    if isinstance(url, str):
-        try:
-            url = make_url(url)
-        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-            return _PASSWORD_IN_TEXT.sub(r"\1***@", url)
-    return url.render_as_string(hide_password=True)
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        return _PASSWORD_IN_TEXT.sub(r"\1***@", url)
 
 
-def resolve_url(uri: Optional[str] = None, database: Optional[Mapping[str, Any]] = None) -> URL:
+def resolve_url(uri: str | None = None, database: Mapping[str, Any] | None = None) -> URL:
     """The database URL for the given storage configuration.
 
     `uri` (the Python API's keyword) wins; then `database["host"]`; then the
@@ -58,7 +59,7 @@ def resolve_url(uri: Optional[str] = None, database: Optional[Mapping[str, Any]]
     return sqlite_url(DEFAULT_SQLITE_PATH)
 
 
-def configured_url(uri: Optional[str] = None, config_file: Optional[str] = None) -> URL:
+def configured_url(uri: str | None = None, config_file: str | None = None) -> URL:
     """The database `orion-sql` and Alembic work on, found as Oríon's storage finds it.
 
     `uri` (``--url``, ``-x url=``) wins; then the `config_file`'s

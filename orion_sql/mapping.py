@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import datetime
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from orion.core.worker.trial import validate_status
+
 
 def _get_path(document: Mapping, dotted: str) -> Any:
     value: Any = document
@@ -146,7 +148,7 @@ def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(
                     f"trial field {key!r} must be None or {kind.__name__}, got {value!r}"
                 )
-            if kind is datetime.datetime and value.tzinfo is not None:
+            if isinstance(value, datetime.datetime) and value.tzinfo is not None:
                 raise ValueError(f"trial field {key!r} must be a naive UTC datetime, got {value!r}")
         if key in ("status", "experiment") and value is None:
             raise ValueError(f"trial field {key!r} cannot be None")
@@ -156,14 +158,14 @@ def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def value_rows(trial_id: int, values: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the params or results table for one trial, in order."""
+def value_rows(trial_id: int | None, values: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the params or results table for one trial, in order (`trial_id` None: to be filled)."""
     rows = []
     for position, item in enumerate(values):
         unknown = set(item) - {"name", "type", "value"}
         if unknown:
             raise ValueError(f"param/result {item!r} has unknown keys {sorted(unknown)}")
-        value = item.get("value")
+        value: Any = item.get("value")
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         rows.append(
             {

@@ -6,7 +6,7 @@ it for queries, and ``alembic check`` proves the two agree.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Optional
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -101,10 +102,10 @@ class ExperimentRow(Base):
     version: Mapped[int] = mapped_column()
     # refers.parent_id and refers.root_id. Not foreign keys: Oríon deletes an EVC
     # tree from its root down (`orion db rm`), which a constraint would forbid.
-    parent_id: Mapped[Optional[int]] = mapped_column()
-    root_id: Mapped[Optional[int]] = mapped_column()
-    username: Mapped[Optional[str]] = mapped_column()  # metadata.user
-    created_at: Mapped[Optional[datetime.datetime]] = mapped_column()  # metadata.datetime
+    parent_id: Mapped[int | None] = mapped_column()
+    root_id: Mapped[int | None] = mapped_column()
+    username: Mapped[str | None] = mapped_column()  # metadata.user
+    created_at: Mapped[datetime.datetime | None] = mapped_column()  # metadata.datetime
     document: Mapped[dict[str, Any]] = mapped_column()
 
 
@@ -125,13 +126,13 @@ class TrialRow(Base):
     )
     hash: Mapped[str] = mapped_column(String(32))  # Oríon's trial `id`
     status: Mapped[str] = mapped_column(String(16))
-    worker: Mapped[Optional[str]] = mapped_column()
-    exp_working_dir: Mapped[Optional[str]] = mapped_column()
-    parent_hash: Mapped[Optional[str]] = mapped_column(String(32))  # Oríon's `parent`
-    submit_time: Mapped[Optional[datetime.datetime]] = mapped_column()
-    start_time: Mapped[Optional[datetime.datetime]] = mapped_column()
-    end_time: Mapped[Optional[datetime.datetime]] = mapped_column()
-    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column()
+    worker: Mapped[str | None] = mapped_column()
+    exp_working_dir: Mapped[str | None] = mapped_column()
+    parent_hash: Mapped[str | None] = mapped_column(String(32))  # Oríon's `parent`
+    submit_time: Mapped[datetime.datetime | None] = mapped_column()
+    start_time: Mapped[datetime.datetime | None] = mapped_column()
+    end_time: Mapped[datetime.datetime | None] = mapped_column()
+    heartbeat: Mapped[datetime.datetime | None] = mapped_column()
 
 
 class _TrialValue:
@@ -142,10 +143,10 @@ class _TrialValue:
     )
     position: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column()
-    type: Mapped[Optional[str]] = mapped_column(String(16))
+    type: Mapped[str | None] = mapped_column(String(16))
     value: Mapped[Any] = mapped_column(ExactJson)  # exact round trip, through exact_json
-    numeric_value: Mapped[Optional[float]] = mapped_column()
-    text_value: Mapped[Optional[str]] = mapped_column()
+    numeric_value: Mapped[float | None] = mapped_column()
+    text_value: Mapped[str | None] = mapped_column()
 
     @declared_attr.directive
     def __table_args__(cls):  # noqa: N805 (a class-level directive)
@@ -179,11 +180,11 @@ class AlgoLockRow(Base):
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
     )
-    configuration: Mapped[Optional[dict[str, Any]]] = mapped_column()
-    state: Mapped[Optional[bytes]] = mapped_column()
+    configuration: Mapped[dict[str, Any] | None] = mapped_column()
+    state: Mapped[bytes | None] = mapped_column()
     locked: Mapped[bool] = mapped_column(default=False)
-    owner: Mapped[Optional[str]] = mapped_column()
-    heartbeat: Mapped[Optional[datetime.datetime]] = mapped_column()
+    owner: Mapped[str | None] = mapped_column()
+    heartbeat: Mapped[datetime.datetime | None] = mapped_column()
 
 
 class BenchmarkRow(Base):
@@ -194,3 +195,12 @@ class BenchmarkRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(unique=True)
     document: Mapped[dict[str, Any]] = mapped_column()
+
+
+# The tables, for Core statements (a model's __table__ is typed as any FromClause).
+experiments = cast(Table, ExperimentRow.__table__)
+trials = cast(Table, TrialRow.__table__)
+params = cast(Table, ParamRow.__table__)
+results = cast(Table, ResultRow.__table__)
+algo_locks = cast(Table, AlgoLockRow.__table__)
+benchmarks = cast(Table, BenchmarkRow.__table__)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable
 
 from orion.core.utils.flatten import flatten
 from sqlalchemy import BigInteger, and_, case, false, func, literal, not_, or_, true
@@ -40,7 +41,7 @@ class Field:
     column: ColumnElement
     kind: type
     # Where the document may lack the key although the column is NULL: its presence.
-    present: Optional[Callable[[Dialect], ColumnElement[bool]]] = None
+    present: Callable[[Dialect], ColumnElement[bool]] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,12 @@ class Collection:
 
     noun: str  # "trial", "experiment", ... for error messages
     fields: Mapping[str, Field]
-    document: Optional[ColumnElement] = None
+    document: ColumnElement | None = None
     # Keys that exist in documents but cannot be filtered on, with the reason.
     refused: Mapping[str, str] = field(default_factory=dict)
 
 
-def compile_filter(query: Optional[Mapping], collection: Collection, dialect: Dialect) -> ColumnElement[bool]:
+def compile_filter(query: Mapping | None, collection: Collection, dialect: Dialect) -> ColumnElement[bool]:
     """The WHERE clause selecting what `query` selects in EphemeralDB."""
     if not query:
         return true()

@@ -6,17 +6,18 @@ algorithm lock row, setting trial fields.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import mapping
 from orion_sql.dialects import Dialect
-from orion_sql.models import AlgoLockRow, ParamRow, ResultRow, TrialRow
+from orion_sql.models import TrialRow, algo_locks, params, results, trials
 
-trials: Table = TrialRow.__table__
-VALUE_MODELS = {"params": ParamRow, "results": ResultRow}
+# The tables of a trial's value lists, by document key.
+VALUE_TABLES = {"params": params, "results": results}
 
 
 def rows_matched(statement) -> Callable[[Connection], int]:
@@ -37,7 +38,7 @@ def insert_keeping_id(conn: Connection, dialect: Dialect, table: Table, values: 
 def insert_algorithm_lock(conn: Connection, dialect: Dialect, experiment_id: int, configuration) -> None:
     """A free algorithm lock with no state yet, for a new experiment."""
     conn.execute(
-        insert(AlgoLockRow.__table__).values(
+        insert(algo_locks).values(
             experiment_id=experiment_id, configuration=configuration, state=None, locked=False, heartbeat=dialect.now()
         )
     )
@@ -45,14 +46,14 @@ def insert_algorithm_lock(conn: Connection, dialect: Dialect, experiment_id: int
 
 def write_values(conn: Connection, trial_ids: list[int], document: Mapping, replace: bool = False) -> None:
     """Insert (or `replace`) the params and/or results `document` gives, for these trials."""
-    for key, model in VALUE_MODELS.items():
+    for key, table in VALUE_TABLES.items():
         if key not in document:
             continue
         if replace:
-            conn.execute(delete(model).where(model.trial_id.in_(trial_ids)))
+            conn.execute(delete(table).where(table.c.trial_id.in_(trial_ids)))
         rows = [row for trial_id in trial_ids for row in mapping.value_rows(trial_id, document[key] or [])]
         if rows:
-            conn.execute(insert(model.__table__), rows)
+            conn.execute(insert(table), rows)
 
 
 def set_trial_fields(clause: ColumnElement[bool], fields: Mapping[str, Any]) -> Callable[[Connection], int]:

@@ -58,7 +58,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shipped_revisions() -> tuple[str, ...]:
     """Every revision this package ships, oldest first (read once per process)."""
     script = ScriptDirectory.from_config(alembic_config())

@@ -16,10 +16,7 @@ from sqlalchemy.sql import CompoundSelect, Update
 
 from orion_sql import mapping
 from orion_sql.dialects import Dialect
-from orion_sql.models import PENDING_STATUSES, ParamRow, ResultRow, TrialRow
-
-trials = TrialRow.__table__
-results = ResultRow.__table__
+from orion_sql.models import PENDING_STATUSES, ParamRow, ResultRow, TrialRow, results, trials
 
 # What push_trial_results writes besides results. The trial's `id` (hash of params,
 # lie and parent) and experiment select the row, so those are already equal.
@@ -38,7 +35,9 @@ def values_of_trials(trial_ids) -> CompoundSelect:
         columns = (literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, model.value)
         return select(*columns).where(model.trial_id.in_(trial_ids))
 
-    return union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by("trial_id", "kind", "position")
+    return union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by(
+        "trial_id", "kind", "position"
+    )
 
 
 def trial_documents(conn: Connection, clause, *order_by) -> list[dict]:
@@ -54,7 +53,7 @@ def trial_documents(conn: Connection, clause, *order_by) -> list[dict]:
 
 def trial_documents_of(rows, values) -> list[dict]:
     """Trial documents from trial rows and the rows of their values (:func:`values_of_trials`)."""
-    by_trial = {row.id: {"params": [], "results": []} for row in rows}
+    by_trial: dict[int, dict[str, list]] = {row.id: {"params": [], "results": []} for row in rows}
     for value in values:
         by_trial[value["trial_id"]][value["kind"]].append(mapping.value_document(value))
     return [mapping.trial_document(row._mapping, **by_trial[row.id]) for row in rows]
@@ -66,7 +65,11 @@ def completion(dialect: Dialect) -> Complete:
     columns = [mapping.TRIAL_FIELDS[key][0] for key in PUSHED_FIELDS]
     set_trial = (
         update(trials)
-        .where(TrialRow.hash == bindparam("trial_hash"), TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == "reserved")
+        .where(
+            TrialRow.hash == bindparam("trial_hash"),
+            TrialRow.experiment_id == bindparam("experiment"),
+            TrialRow.status == "reserved",
+        )
         .values({column: bindparam(f"new_{column}") for column in columns})
         .returning(TrialRow.id)
     )
@@ -75,7 +78,7 @@ def completion(dialect: Dialect) -> Complete:
     clear_results = delete(ResultRow).where(ResultRow.trial_id == bindparam("trial"))
     add_results = insert(results)
 
-    def update_then_replace(conn: Connection, trial: Trial) -> Optional[int]:
+    def update_then_replace(conn: Connection, trial: Trial) -> int | None:
         binds, new_results = _completion_binds(trial)
         trial_id = conn.execute(set_trial, binds).scalar()
         if trial_id is not None:
@@ -93,10 +96,14 @@ def _completion_in_one_statement(set_trial: Update, dialect: Dialect) -> Complet
     ones deleted, the new ones upserted by (trial_id, position). The delete and the
     upsert touch different rows, so the order PostgreSQL runs them in is immaterial."""
     updated = set_trial.cte("updated")
-    stale = delete(ResultRow).where(ResultRow.trial_id == updated.c.id, ResultRow.position >= bindparam("count")).cte("stale")
+    stale = (
+        delete(ResultRow)
+        .where(ResultRow.trial_id == updated.c.id, ResultRow.position >= bindparam("count"))
+        .cte("stale")
+    )
     statement = select(updated.c.id).add_cte(stale, dialect.upsert_values(results, updated.c.id, "new_values"))
 
-    def update_and_replace(conn: Connection, trial: Trial) -> Optional[int]:
+    def update_and_replace(conn: Connection, trial: Trial) -> int | None:
         binds, new_results = _completion_binds(trial)
         rows = mapping.value_rows(None, new_results)
         payload = {"count": len(rows), "new_values": dialect.values_payload(rows)}
@@ -148,7 +155,7 @@ def reservation(dialect: Dialect) -> Reserve:
         return _reservation_in_one_statement(reserve)
     values = values_of_trials([bindparam("trial")])
 
-    def reserve_then_read(conn: Connection, experiment_id: int, worker: str) -> Optional[dict]:
+    def reserve_then_read(conn: Connection, experiment_id: int, worker: str) -> dict | None:
         row = conn.execute(reserve, {"experiment": experiment_id, "reserving_worker": worker}).first()
         if row is None:
             return None
@@ -163,12 +170,14 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
     picked = reserve.cte("picked")
     values = values_of_trials(select(picked.c.id)).subquery("trial_values")
     statement = (
-        select(picked, values.c.kind, values.c.trial_id, values.c.position, values.c.name, values.c.type, values.c.value)
+        select(
+            picked, values.c.kind, values.c.trial_id, values.c.position, values.c.name, values.c.type, values.c.value
+        )
         .select_from(picked.outerjoin(values, values.c.trial_id == picked.c.id))
         .order_by(values.c.kind, values.c.position)
     )
 
-    def reserve_and_read(conn: Connection, experiment_id: int, worker: str) -> Optional[dict]:
+    def reserve_and_read(conn: Connection, experiment_id: int, worker: str) -> dict | None:
         rows = conn.execute(statement, {"experiment": experiment_id, "reserving_worker": worker}).all()
         if not rows:
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import orion.core
 from orion.core.io.database.ephemeraldb import EphemeralDocument
@@ -28,14 +28,18 @@ from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
 from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
 from orion_sql.location import redact, resolve_url
-from orion_sql.models import PENDING_STATUSES, AlgoLockRow, BenchmarkRow, ExperimentRow, TrialRow
+from orion_sql.models import (
+    PENDING_STATUSES,
+    AlgoLockRow,
+    ExperimentRow,
+    TrialRow,
+    algo_locks,
+    benchmarks,
+    experiments,
+    trials,
+)
 from orion_sql.query import Collection, compile_filter
 from orion_sql.schema import ensure_schema
-
-experiments: Table = ExperimentRow.__table__
-trials: Table = TrialRow.__table__
-algo_locks: Table = AlgoLockRow.__table__
-benchmarks: Table = BenchmarkRow.__table__
 
 LOCK_EXPIRY_ENV = "ORION_SQL_LOCK_EXPIRY"
 DEFAULT_LOCK_EXPIRY_SECONDS = 60.0

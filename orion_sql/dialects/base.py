@@ -4,7 +4,8 @@ from __future__ import annotations
 import abc
 import datetime
 import enum
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, literal
 from sqlalchemy.exc import DBAPIError

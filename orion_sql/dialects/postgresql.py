@@ -4,7 +4,23 @@ from __future__ import annotations
 import json
 import zlib
 
-from sqlalchemy import JSON, Engine, Float, Integer, Numeric, Text, bindparam, cast, column, event, func, literal, select, text, true
+from sqlalchemy import (
+    JSON,
+    Engine,
+    Float,
+    Integer,
+    Numeric,
+    Text,
+    bindparam,
+    cast,
+    column,
+    event,
+    func,
+    literal,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.exc import DBAPIError
 
@@ -67,7 +83,7 @@ class PostgreSQLDialect(Dialect):
         return now - minus if minus else now
 
     def classify(self, error: DBAPIError):
-        kind = _SQLSTATES.get(getattr(error.orig, "sqlstate", None))
+        kind = _SQLSTATES.get(getattr(error.orig, "sqlstate", None) or "")
         return kind or super().classify(error)
 
     def sync_id_sequence(self, conn, table, explicit_id):
