@@ -120,7 +120,7 @@ class RowLock(AlgorithmLock):
                 yield locked
             except Exception:
                 locked.reset()
-                raise  # leaving `conn.begin()` with an exception rolls back: state unchanged
+                raise  # leaving the transaction with an exception rolls it back: state unchanged
             conn.execute(update(algo_locks).where(_this_lock(experiment_id)).values(**self._saved(locked.state)))
 
     def _wait_for_row(self, conn: Connection, experiment_id, timeout: float):

@@ -1,10 +1,11 @@
-"""The `orion-sql` command: the schema lifecycle of an orion_sql database, and moving data in and out.
+"""The `orion-sql` command: set-up and checks, the schema lifecycle of an orion_sql database, and moving data in and out.
 
 Oríon's own `orion db upgrade` only knows its legacy storage; this command runs
 orion_sql's Alembic revisions, with the manners of Oríon's CLI (a warning, a
 y/N prompt, ``-f/--force``, ``-c/--config``). `import` and `export` copy
 experiments from and to Oríon's legacy storage (see :mod:`orion_sql.importer`
-and :mod:`orion_sql.exporter`).
+and :mod:`orion_sql.exporter`); `setup` and `test` are the storage guide's first steps
+(see :mod:`orion_sql.setup_command` and :mod:`orion_sql.test_command`).
 The database is found as the storage finds it (see :func:`orion_sql.location.configured_url`).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from tqdm import tqdm
 
+from orion_sql import setup_command, test_command
 from orion_sql.database import Database
 from orion_sql.exporter import export_to_pickleddb
 from orion_sql.importer import ConflictError, import_documents
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("alembic").setLevel(logging.INFO)
     url: URL | None = None
     try:
+        if getattr(args, "finds_its_database", False):  # setup asks for it, test reports on it
+            return args.run(args)
         url = configured_url(args.url, args.config)
         database = Database(url)
         try:
@@ -76,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orion-sql",
-        description="Schema upgrades, import and export of the Oríon `sql` storage (SQLite, PostgreSQL).",
+        description="Set-up and checks, schema upgrades, import and export of the Oríon `sql` storage (SQLite, PostgreSQL).",
     )
     parser.add_argument(
         "-V", "--version", action="version",
@@ -144,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("-f", "--force", action="store_true", help="replace DEST if it exists and is not empty")
     _add_database_options(export_parser, prompt=False)
     export_parser.set_defaults(run=run_export)
+
+    setup_command.add_parser(commands)
+    _add_database_options(test_command.add_parser(commands), prompt=False)
     return parser
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Callable, TypeVar
@@ -30,6 +31,10 @@ from orion_sql.location import redact
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The connection budget: server connections one worker holds between storage calls,
+# and while it holds an algorithm lock and calls the storage inside it.
+CONNECTIONS_PER_WORKER = 1
+CONNECTIONS_WHILE_HOLDING_LOCK = 2
 ATTEMPTS = 6
 FIRST_BACKOFF_SECONDS = 0.01
 # A pooled connection idle longer than this is pinged before it is used again.
@@ -107,6 +112,18 @@ class Database:
                 log.debug("retrying after %s (%s), in %.3fs", kind.value, _first_line(error), delay)
                 time.sleep(delay)
 
+    @contextlib.contextmanager
+    def rolled_back(self) -> Iterator["Database"]:
+        """This database inside one write transaction that is always rolled back: what
+        is done through the database yielded leaves nothing behind, even on failure."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**self.dialect.transaction_options(write=True, autocommit=False))
+            transaction = conn.begin()
+            try:
+                yield _BoundDatabase(self.url, conn)
+            finally:
+                transaction.rollback()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r})"
 
@@ -115,6 +132,34 @@ class Database:
 
     def __setstate__(self, state: dict) -> None:
         Database.__init__(self, make_url(state["url"]))
+
+
+class _BoundDatabase(Database):
+    """A database whose transactions are savepoints inside one connection's transaction.
+
+    Used from several threads (the SQLite lock's heartbeat), one at a time.
+    Neither pickled nor forked: it lives as long as the transaction it is bound to.
+    """
+
+    def __init__(self, url: URL, conn: Connection):
+        super().__init__(url)
+        self._conn = conn
+        self._one_at_a_time = threading.RLock()
+
+    @property
+    def engine(self) -> Engine:
+        raise TypeError("a database bound to one connection has no engine of its own")
+
+    def dispose(self) -> None:
+        """The connection belongs to whoever bound it."""
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool = False, autocommit: bool = False) -> Iterator[Connection]:
+        with self._one_at_a_time, self._conn.begin_nested():
+            yield self._conn
+
+    def __getstate__(self) -> dict:
+        raise TypeError("a database bound to one connection cannot be pickled")
 
 
 def process_name() -> str:

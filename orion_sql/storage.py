@@ -63,7 +63,18 @@ class SQL(BaseStorageProtocol):
     """
 
     def __init__(self, uri: str | None = None, database: Mapping | None = None, lock_expiry: float | None = None):
-        self._db = Database(resolve_url(uri, database))
+        self._open(Database(resolve_url(uri, database)), lock_expiry)
+
+    @classmethod
+    def on(cls, database: Database, lock_expiry: float | None = None) -> SQL:
+        """The storage on a :class:`Database` already built (e.g. one bound to a
+        connection, whose transaction `orion-sql test` rolls back)."""
+        storage = cls.__new__(cls)
+        storage._open(database, lock_expiry)
+        return storage
+
+    def _open(self, database: Database, lock_expiry: float | None) -> None:
+        self._db = database
         self._lock_expiry = float(lock_expiry or os.environ.get(LOCK_EXPIRY_ENV) or DEFAULT_LOCK_EXPIRY_SECONDS)
         if self._lock_expiry <= 0:
             raise ValueError(f"lock_expiry must be a positive number of seconds, got {self._lock_expiry}")
