@@ -29,12 +29,15 @@ NOT_SOURCE = shutil.ignore_patterns(
 )
 
 
-def _run(*command, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run with an environment that points at no checkout and no configured database."""
+def _run(*command, cwd: Path, timeout: float = 900, home: Path | None = None) -> subprocess.CompletedProcess:
+    """Run with an environment that points at no checkout and no configured database
+    (and, given a `home`, at Oríon's configuration there)."""
     environment = {
         key: value for key, value in os.environ.items()
         if key not in ("PYTHONPATH", "VIRTUAL_ENV", "ORION_DB_ADDRESS", "PYTHONHOME")
     }
+    if home is not None:
+        environment.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local" / "share"))
     done = subprocess.run([str(part) for part in command], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
@@ -98,3 +101,14 @@ def test_installed_orion_sql_upgrade_brings_an_empty_database_to_head(installed,
     assert done.stdout.splitlines()[-1].endswith(f"to {head_revision()}.")
     assert revision_of(empty_url) == head_revision()
     _run(bin_dir / "orion-sql", "current", "--url", empty_url, cwd=elsewhere)  # exit 0: up to date
+
+
+def test_installed_orion_sql_setup_then_test(installed, empty_url, tmp_path):
+    """`setup` writes Oríon's configuration file in the home; `test` finds the database there."""
+    bin_dir, elsewhere = installed
+    home = tmp_path / "home"
+    _run(bin_dir / "orion-sql", "setup", "--url", empty_url, "-f", cwd=elsewhere, home=home)
+    assert (home / ".config" / "orion.core" / "orion_config.yaml").exists()
+    done = _run(bin_dir / "orion-sql", "test", cwd=elsewhere, home=home)  # exit 0: every check passed
+    assert done.stdout.splitlines()[-1].startswith("All ") and "checks passed" in done.stdout
+    assert revision_of(empty_url) is None  # the check created the schema only inside its rolled-back transaction

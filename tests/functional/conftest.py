@@ -37,7 +37,8 @@ class OrionCLI:
     """Oríon's command line on one database, isolated from the user's Oríon setup.
 
     `via="file"` passes the database in a config file (``-c``), `via="env"` in
-    ORION_STORAGE_TYPE/ORION_DB_ADDRESS.
+    ORION_STORAGE_TYPE/ORION_DB_ADDRESS, `via="home"` in neither: the isolated
+    home's own Oríon configuration file (what `orion-sql setup` writes) has it.
     """
 
     def __init__(self, tmp_path: Path, database_url: str):
@@ -64,6 +65,7 @@ class OrionCLI:
         self._environments = {
             "file": {**inherited, **isolated},
             "env": {**inherited, **isolated, "ORION_STORAGE_TYPE": "sql", "ORION_DB_ADDRESS": address},
+            "home": {**inherited, **isolated},
         }
 
     def pickled_databases(self) -> list[Path]:
@@ -74,14 +76,14 @@ class OrionCLI:
         """The user command `orion hunt` runs: the black box with these priors."""
         return [sys.executable, blackbox or self.blackbox, *priors]
 
-    def start(self, *args: str, via: str = "env", stdin: Optional[str] = None) -> subprocess.Popen:
-        """Start `orion *args`; with via="file", ``-c <config>`` follows the (sub)command."""
+    def start(self, *args: str, via: str = "env", stdin: Optional[str] = None, program: str = ORION) -> subprocess.Popen:
+        """Start `orion *args` (or another `program`); with via="file", ``-c <config>`` follows the (sub)command."""
         args = list(args)
         if via == "file":
             position = 2 if args[0] == "db" else 1
             args[position:position] = ["-c", str(self.config)]
         process = subprocess.Popen(
-            [ORION, *args],
+            [program, *args],
             cwd=self.cwd,
             env=self._environments[via],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -92,9 +94,9 @@ class OrionCLI:
         process.answers = stdin  # what `wait` types in
         return process
 
-    def run(self, *args: str, via: str = "env", check: bool = True) -> subprocess.CompletedProcess:
-        """Run `orion *args` to its end; fails the test on a non-zero exit when `check`."""
-        return self.wait(self.start(*args, via=via), check=check)
+    def run(self, *args: str, via: str = "env", check: bool = True, program: str = ORION) -> subprocess.CompletedProcess:
+        """Run `orion *args` (or `program`) to its end; fails the test on a non-zero exit when `check`."""
+        return self.wait(self.start(*args, via=via, program=program), check=check)
 
     def run_together(self, *commands: Sequence[str], via: str = "env") -> list[subprocess.CompletedProcess]:
         """Run several `orion` commands at once (each a sequence of arguments); all must succeed."""
