@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # pip 26.3 refuses Oríon 0.2.7's sdist (it declares a git URL for its `track` extra).
 PIP_PIN := pip>=23,<26.3
 
-.PHONY: demo test postgresql benchmarks clean
+.PHONY: demo test postgresql pgbouncer benchmarks clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ demo: $(BIN)/activate
 postgresql:
 	.ci/ensure-postgresql
 
-test: $(BIN)/activate postgresql
+pgbouncer:
+	.ci/ensure-pgbouncer
+
+test: $(BIN)/activate postgresql pgbouncer
 	ORION_SQL_REQUIRE_POSTGRESQL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 benchmarks: $(BIN)/activate postgresql

@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     if args.verbose:
         logging.getLogger("alembic").setLevel(logging.INFO)
+        logging.getLogger("orion_sql.checks").setLevel(logging.DEBUG)  # a check's unexpected error, in full
     url: URL | None = None
     try:
         if getattr(args, "finds_its_database", False):  # setup asks for it, test reports on it
@@ -86,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-V", "--version", action="version",
         version=f"orion-sql {__version__} (schema head {head_revision()})",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="print each revision as it runs")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print each revision as it runs, and the traceback of a check's unexpected error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     upgrade_parser = commands.add_parser(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import stat
 
 import pytest
@@ -14,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from orion_sql import setup_command
 from orion_sql.cli import main
+from support.pgbouncer import free_port
 
 PASSWORD = "s3cret-Pa55"
 
@@ -80,10 +80,7 @@ def test_an_existing_file_is_kept_unless_confirmed_and_its_other_settings_surviv
 
 
 def test_a_database_that_does_not_answer_is_written_only_when_confirmed(config_file, monkeypatch, capsys):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"postgresql+psycopg://orion@127.0.0.1:{port}/orion"
+    url = f"postgresql+psycopg://orion@127.0.0.1:{free_port()}/orion"  # nothing listens there
     code, out, _ = setup(monkeypatch, capsys, "--url", url, answers="n\n")
     assert code == 1 and "FAIL  connection:" in out and "write the configuration anyway?" in out
     assert not config_file.exists()

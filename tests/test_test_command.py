@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from orion_sql.schema import downgrade, revisions
 from support import DIALECTS
 from support.contents import database_contents
 from support.documents import make_trial, new_experiment
+from support.pgbouncer import free_port, pgbouncer
 from support.schema import table_names
 
 ORION_SQL = str(Path(sys.executable).with_name("orion-sql"))
@@ -61,12 +61,6 @@ def assert_failed(checks: dict, name: str, dialect: str) -> dict:
     return failed
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_passes_on_a_database_in_use_and_leaves_it_as_it_was(database_url, monkeypatch, capsys):
     populate(database_url)
     before = database_contents(database_url)
@@ -75,6 +69,8 @@ def test_passes_on_a_database_in_use_and_leaves_it_as_it_was(database_url, monke
     assert list(checks) == CHECKS[dialect_of(database_url)]
     assert {result["outcome"] for result in checks.values()} == {"pass"}, checks
     assert "rolled back" in checks["read-write"]["detail"]
+    if "pooler" in checks:
+        assert checks["pooler"]["detail"].startswith("none")
     assert database_contents(database_url) == before
 
 
@@ -95,7 +91,7 @@ def test_passes_on_an_empty_database_and_leaves_it_empty(empty_url, monkeypatch,
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_an_unreachable_database_fails_the_connection_check(dialect, monkeypatch, capsys, tmp_path):
     if dialect == "postgresql":  # nothing listens on the port
-        url = f"postgresql+psycopg://orion:{PASSWORD}@127.0.0.1:{closed_port()}/orion"
+        url = f"postgresql+psycopg://orion:{PASSWORD}@127.0.0.1:{free_port()}/orion"
     else:  # the file's folder cannot be created: a file is in the way
         (tmp_path / "a-file").write_text("")
         url = f"sqlite:///{tmp_path}/a-file/orion.sqlite"
@@ -187,7 +183,7 @@ def test_a_failure_midway_leaves_nothing_behind(database_url, monkeypatch, capsy
 
 
 def test_the_console_script_prints_a_line_per_check_and_exits_1_on_failure(tmp_path):
-    url = f"postgresql+psycopg://orion:{PASSWORD}@127.0.0.1:{closed_port()}/orion"
+    url = f"postgresql+psycopg://orion:{PASSWORD}@127.0.0.1:{free_port()}/orion"
     done = subprocess.run([ORION_SQL, "test", "--url", url], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 1
     lines = done.stdout.splitlines()
@@ -210,3 +206,13 @@ def test_a_network_file_system_is_told_apart_from_a_local_one(tmp_path, monkeypa
     assert sqlite_checks.file_system_of("/mnt/team/orion_db.sqlite") == "cifs"
     assert sqlite_checks.file_system_of("/home/shared/orion_db.sqlite") == "ext4"
     assert {"nfs4", "cifs"} <= sqlite_checks.NETWORK_FILE_SYSTEMS
+
+
+@pytest.mark.parametrize("pool_mode", ["transaction", "session"])
+def test_a_pgbouncer_in_front_is_reported_with_its_pool_mode(postgresql_url_fresh, pool_mode, monkeypatch, capsys):
+    url = make_url(postgresql_url_fresh)
+    with pgbouncer(url.host, url.port, url.username, pool_mode) as port:
+        code, checks = run_test(monkeypatch, capsys, url.set(port=port).render_as_string(hide_password=False))
+    assert code == 0, checks
+    assert f"in {pool_mode} pooling mode" in checks["pooler"]["detail"]
+    assert ("its pool size" in checks["connections"]["detail"]) is (pool_mode == "transaction")

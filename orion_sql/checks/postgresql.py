@@ -81,8 +81,12 @@ def check_connections(probe: Probe):
     )
 
 
+def _user(url: URL) -> str:
+    return url.username or "(your login name)"
+
+
 def connect_advice(url: URL) -> str:
-    user = url.username or "(your login name)"
+    user = _user(url)
     return (
         f"check that PostgreSQL runs at {url.host or 'localhost'}:{url.port or 5432} and accepts connections "
         f"from this machine (listen_addresses, pg_hba.conf, firewall), that the database {url.database!r} exists "
@@ -92,7 +96,7 @@ def connect_advice(url: URL) -> str:
 
 
 def write_advice(url: URL) -> str:
-    user = url.username or "(your login name)"
+    user = _user(url)
     return (
         f"as the owner of orion_sql's tables: GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
         f"public TO {user}; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user} (an empty database also "
