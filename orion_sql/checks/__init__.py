@@ -1,7 +1,8 @@
 """The checklist `orion-sql test` runs on a database: the common checks, then its dialect's.
 
 A dialect joins by adding a :class:`DialectChecks` (its own checks, how to open
-and name the database, its advice) to :data:`BY_BACKEND`.
+and name the database, its advice) to :data:`BY_BACKEND`; until then it gets the
+common checks with generic advice.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Callable, Optional
 from sqlalchemy.engine import URL
 
 from orion_sql.checks.base import Check, CheckFailed, DialectChecks, Outcome, Probe, Result
-from orion_sql.checks.common import COMMON_CHECKS, first_line
+from orion_sql.checks.common import COMMON_CHECKS, GENERIC, first_line
 from orion_sql.checks.postgresql import POSTGRESQL
 from orion_sql.checks.sqlite import SQLITE
 
@@ -33,7 +34,7 @@ def run_checks(configured: Callable[[], URL], until: Optional[str] = None) -> li
             check = checks.pop(0)
             results[check.name] = _run(check, probe, results)
             if check.name == "url" and probe.url is not None:
-                probe.dialect = BY_BACKEND[probe.url.get_backend_name()]
+                probe.dialect = BY_BACKEND.get(probe.url.get_backend_name(), GENERIC)
                 checks += probe.dialect.checks
             if check.name == until:
                 break

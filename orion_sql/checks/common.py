@@ -10,7 +10,7 @@ import uuid
 from orion.core.worker.trial import Trial
 from sqlalchemy import select
 
-from orion_sql.checks.base import Check, CheckFailed, Probe, passed, warning
+from orion_sql.checks.base import Check, CheckFailed, DialectChecks, Probe, passed, warning
 from orion_sql.database import Database
 from orion_sql.location import EXAMPLE_URL, ConfigurationError, redact
 from orion_sql.schema import UPGRADE_COMMAND, SchemaState, head_revision, read_status
@@ -29,8 +29,7 @@ def check_url(probe: Probe):
         probe.url = probe.configured()
     except ConfigurationError as error:
         raise CheckFailed(str(error), f"{WHERE_THE_URL_GOES}, e.g. {EXAMPLE_URL!r} or a SQLite file path") from None
-    kind = "a SQLite file" if probe.url.get_backend_name() == "sqlite" else "PostgreSQL"
-    return passed(f"{redact(probe.url)} ({kind})")
+    return passed(redact(probe.url))
 
 
 def check_connection(probe: Probe):
@@ -164,6 +163,17 @@ def check_clock(probe: Probe):
     return passed(f"the server's clock is {ahead}")
 
 
+def open_database(probe: Probe) -> None:
+    """The database as the storage opens it."""
+    probe.database = Database(probe.url)
+    probe.cleanups.append(probe.database.dispose)
+
+
+def server_version(conn) -> str:
+    """The server's name and version, as SQLAlchemy read them on connecting."""
+    return f"{conn.dialect.name} {'.'.join(str(part) for part in conn.dialect.server_version_info or ())}".strip()
+
+
 def first_line(error: BaseException, probe: Probe) -> str:
     """An error's first meaningful line, the password never in it (a driver may echo it)."""
     if hasattr(error, "orig") and error.orig is not None:
@@ -181,3 +191,12 @@ COMMON_CHECKS = [
     Check("read-write", "the user can read and write", check_read_write, needs=("schema",)),
     Check("clock", "the server's clock agrees with this machine's", check_clock, needs=("connection",)),
 ]
+# For a database that has no checks of its own yet: the common checks, generic advice.
+GENERIC = DialectChecks(
+    checks=[],
+    open=open_database,
+    version=server_version,
+    connect_advice=lambda url: "check that the server runs and accepts connections from this machine, "
+    "and that the database and user in the URL exist",
+    write_advice=lambda url: "grant the user SELECT, INSERT, UPDATE and DELETE on orion_sql's tables",
+)
