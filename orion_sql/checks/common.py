@@ -14,6 +14,7 @@ from orion_sql.checks.base import Check, CheckFailed, DialectChecks, Probe, pass
 from orion_sql.database import Database
 from orion_sql.location import EXAMPLE_URL, ConfigurationError, redact
 from orion_sql.schema import UPGRADE_COMMAND, SchemaState, head_revision, read_status
+from orion_sql.storage import SQL
 
 # Beyond this, the server's clock and this machine's disagree enough to mislead a reader
 # comparing times Oríon wrote (this machine's clock) with heartbeats (the server's).
@@ -65,8 +66,6 @@ def check_schema(probe: Probe):
 def check_read_write(probe: Probe):
     """Create an experiment and a trial, reserve and complete it, take the algorithm lock,
     delete the experiment: the storage's own calls, in one transaction rolled back."""
-    from orion_sql.storage import SQL  # imported late: orion_sql imports it first
-
     step = "opening a write transaction"
     try:
         with probe.database.rolled_back() as scratch:
@@ -74,8 +73,6 @@ def check_read_write(probe: Probe):
             storage = SQL.on(scratch)
             for step, call in _storage_calls(storage):
                 call()
-    except CheckFailed:
-        raise
     except Exception as error:
         raise CheckFailed(f"{step}: {first_line(error, probe)}", probe.dialect.write_advice(probe.url)) from None
     return passed("created an experiment and a trial, reserved and completed it, took the algorithm lock, "
