@@ -1,4 +1,4 @@
-"""The `orion-sql` command: set-up and checks, the schema lifecycle of an orion_sql database, and moving data in and out.
+"""The `orion-sql` command: set-up and checks, the schema lifecycle of a database, moving data in and out.
 
 Oríon's own `orion db upgrade` only knows its legacy storage; this command runs
 orion_sql's Alembic revisions, with the manners of Oríon's CLI (a warning, a
@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orion-sql",
-        description="Set-up and checks, schema upgrades, import and export of the Oríon `sql` storage (SQLite, PostgreSQL).",
+        description="Set-up and checks, schema upgrades, import and export of the Oríon `sql` storage "
+        "(SQLite, PostgreSQL).",
     )
     parser.add_argument(
         "-V", "--version", action="version",

@@ -113,7 +113,7 @@ class Database:
                 time.sleep(delay)
 
     @contextlib.contextmanager
-    def rolled_back(self) -> Iterator["Database"]:
+    def rolled_back(self) -> Iterator[Database]:
         """This database inside one write transaction that is always rolled back: what
         is done through the database yielded leaves nothing behind, even on failure."""
         with self.engine.connect() as conn:

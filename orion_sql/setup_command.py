@@ -11,14 +11,14 @@ import argparse
 import os
 import sys
 import tempfile
-from typing import Any, Optional
+from typing import Any
 
 import orion.core
 import yaml
 from orion.core.utils.terminal import ask_question
 from sqlalchemy.engine import URL
 
-from orion_sql.checks import Outcome, run_checks
+from orion_sql.checks import run_checks
 from orion_sql.location import DEFAULT_SQLITE_PATH, ConfigurationError, redact, resolve_url
 from orion_sql.test_command import all_passed, print_results
 
@@ -43,7 +43,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--url", help="the database: an SQLAlchemy URL (postgresql+psycopg://user@host/db) "
                         "or a SQLite file path (asked when not given)")
     parser.add_argument("-f", "--force", action="store_true",
-                        help="don't prompt user: replace the file's storage settings, even if the database does not answer")
+                        help="don't prompt user: replace the file's storage settings, "
+                        "even if the database does not answer")
     parser.set_defaults(run=run_setup, finds_its_database=True)
     return parser
 
@@ -64,7 +65,8 @@ def run_setup(args: argparse.Namespace) -> int:
         url = _database(args.url)
         results = run_checks(lambda: url, until="schema")
         print_results(results)
-        if not all_passed(results) and not _confirmed("The database did not pass: write the configuration anyway?", args.force):
+        anyway = "The database did not pass: write the configuration anyway?"
+        if not all_passed(results) and not _confirmed(anyway, args.force):
             return EXIT_ERROR
         _write(path, _with_storage(settings or {}, url), private=bool(url.password))
     except _Stop as stop:
@@ -77,7 +79,7 @@ def run_setup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_settings(path: str) -> Optional[dict]:
+def _existing_settings(path: str) -> dict | None:
     """The file's settings (None: no file), which the new storage section joins."""
     try:
         with open(path, encoding="utf-8") as file:
@@ -91,7 +93,7 @@ def _existing_settings(path: str) -> Optional[dict]:
     return settings or {}
 
 
-def _database(given: Optional[str]) -> URL:
+def _database(given: str | None) -> URL:
     """The database, from --url or asked for (the embedded SQLite file by default)."""
     answer = given or _ask(
         "Enter the database: an SQLAlchemy URL (postgresql+psycopg://user@host/db) or a SQLite file path",
@@ -132,7 +134,7 @@ def _confirmed(question: str, force: bool) -> bool:
     return _ask(question, default="n", choice=["y", "n"]).lower() == "y"
 
 
-def _ask(question: str, default: str, choice: Optional[list[str]] = None) -> str:
+def _ask(question: str, default: str, choice: list[str] | None = None) -> str:
     try:
         return ask_question(question, default=default, choice=choice, ignore_case=True)
     except EOFError:

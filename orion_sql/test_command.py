@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
-from typing import Iterable
+from collections.abc import Iterable
 
 from orion_sql.checks import Outcome, Result, run_checks
 from orion_sql.location import configured_url
@@ -56,4 +56,5 @@ def print_results(results: Iterable[Result]) -> None:
     for result in results:
         print(f"{_MARKS[result.outcome]}  {result.check + ':':<12} {result.detail}")
         if result.advice:
-            print(textwrap.fill(f"what to do: {result.advice}", width=100, initial_indent=" " * 6, subsequent_indent=" " * 18))
+            advice = f"what to do: {result.advice}"
+            print(textwrap.fill(advice, width=100, initial_indent=" " * 6, subsequent_indent=" " * 18))

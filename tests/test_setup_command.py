@@ -10,10 +10,10 @@ import stat
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
+from support.pgbouncer import free_port
 
 from orion_sql import setup_command
 from orion_sql.cli import main
-from support.pgbouncer import free_port
 
 PASSWORD = "s3cret-Pa55"
 
@@ -60,7 +60,9 @@ def test_the_database_is_asked_for_with_the_embedded_default_offered(tmp_path, c
     assert not os.path.exists(default)  # the storage creates it on first use; setup only checked
 
 
-def test_an_existing_file_is_kept_unless_confirmed_and_its_other_settings_survive(sqlite_url_fresh, config_file, monkeypatch, capsys):
+def test_an_existing_file_is_kept_unless_confirmed_and_its_other_settings_survive(
+    sqlite_url_fresh, config_file, monkeypatch, capsys
+):
     config_file.parent.mkdir(parents=True)
     original = {"database": {"type": "pickleddb", "host": "/old/orion_db.pkl"}, "worker": {"n_workers": 4}}
     config_file.write_text(yaml.safe_dump(original))

@@ -13,17 +13,17 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from support import DIALECTS
+from support.contents import database_contents
+from support.documents import make_trial, new_experiment
+from support.pgbouncer import free_port, pgbouncer
+from support.schema import table_names
 
 from orion_sql import SQL
 from orion_sql.checks import sqlite as sqlite_checks
 from orion_sql.cli import main
 from orion_sql.database import Database
 from orion_sql.schema import downgrade, revisions
-from support import DIALECTS
-from support.contents import database_contents
-from support.documents import make_trial, new_experiment
-from support.pgbouncer import free_port, pgbouncer
-from support.schema import table_names
 
 ORION_SQL = str(Path(sys.executable).with_name("orion-sql"))
 PASSWORD = "s3cret-Pa55"
@@ -149,7 +149,9 @@ def select_only_url(postgresql_url_fresh):
         conn.execute(f'DROP ROLE "{role}"')
 
 
-def test_a_role_that_may_only_read_fails_the_read_write_check(select_only_url, postgresql_url_fresh, monkeypatch, capsys):
+def test_a_role_that_may_only_read_fails_the_read_write_check(
+    select_only_url, postgresql_url_fresh, monkeypatch, capsys
+):
     populate(postgresql_url_fresh)
     before = database_contents(postgresql_url_fresh)
     code, checks = run_test(monkeypatch, capsys, select_only_url)

@@ -7,7 +7,7 @@ common checks with generic advice.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from sqlalchemy.engine import URL
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 BY_BACKEND: dict[str, DialectChecks] = {"postgresql": POSTGRESQL, "sqlite": SQLITE}
 
 
-def run_checks(configured: Callable[[], URL], until: Optional[str] = None) -> list[Result]:
+def run_checks(configured: Callable[[], URL], until: str | None = None) -> list[Result]:
     """Run the checklist (or its checks up to the one named `until`) on the database
     `configured()` finds; the database holds afterwards what it held before."""
     probe = Probe(configured)
@@ -33,7 +33,7 @@ def run_checks(configured: Callable[[], URL], until: Optional[str] = None) -> li
         while checks:
             check = checks.pop(0)
             results[check.name] = _run(check, probe, results)
-            if check.name == "url" and probe.url is not None:
+            if check.name == "url" and probe.knows("url"):
                 probe.dialect = BY_BACKEND.get(probe.url.get_backend_name(), GENERIC)
                 checks += probe.dialect.checks
             if check.name == until:

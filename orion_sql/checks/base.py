@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
 from orion_sql.database import Database
+
+T = TypeVar("T")
 
 
 class Outcome(enum.Enum):
@@ -28,7 +31,7 @@ class Result:
     check: str
     outcome: Outcome
     detail: str  # what was found
-    advice: Optional[str] = None  # for a failure or a warning: what to do
+    advice: str | None = None  # for a failure or a warning: what to do
 
     def as_json(self) -> dict:
         return {"check": self.check, "outcome": self.outcome.value, "detail": self.detail, "advice": self.advice}
@@ -55,7 +58,7 @@ def warning(detail: str, advice: str) -> tuple[Outcome, str, str]:
 class Check:
     name: str
     summary: str  # what it checks, in a few words
-    run: Callable[["Probe"], tuple]
+    run: Callable[[Probe], tuple]
     needs: tuple[str, ...] = ()
 
 
@@ -66,7 +69,7 @@ class DialectChecks:
     checks: list[Check]
     # Sets the probe's database (and what undoes it, in its cleanups); returns a note on
     # it, if any. Raises when the database cannot be reached.
-    open: Callable[["Probe"], Optional[str]]
+    open: Callable[[Probe], str | None]
     # The server's name and version, read on a connection.
     version: Callable[[Connection], str]
     # Advice when the server could not be reached or refused the login.
@@ -75,18 +78,37 @@ class DialectChecks:
     write_advice: Callable[[URL], str]
 
 
-@dataclasses.dataclass
+class _Fact(Generic[T]):
+    """Something a check learns for the checks after it; reading it before then is a bug."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, probe: Probe, owner: type) -> T:
+        if self.name not in probe.__dict__:
+            raise RuntimeError(f"the checks have not found the {self.name} yet")
+        return probe.__dict__[self.name]
+
+    def __set__(self, probe: Probe, value: T) -> None:
+        probe.__dict__[self.name] = value
+
+
 class Probe:
     """What the checks learn as they run, for the checks after them."""
 
-    configured: Callable[[], URL]  # finds the database as the storage does (may raise)
-    url: Optional[URL] = None  # set by the `url` check
-    dialect: Optional[DialectChecks] = None  # the url's, set with it
-    database: Optional[Database] = None  # set by the `connection` check
-    # SQLite: the file does not exist yet, and `database` is a scratch file beside where it will be.
-    scratch: bool = False
-    facts: dict = dataclasses.field(default_factory=dict)  # what a check found for the next ones
-    cleanups: list = dataclasses.field(default_factory=list)  # run when the checks are done
+    url = _Fact[URL]()  # set by the `url` check
+    dialect = _Fact[DialectChecks]()  # the url's, set with it
+    database = _Fact[Database]()  # set by the `connection` check
+
+    def __init__(self, configured: Callable[[], URL]):
+        self.configured = configured  # finds the database as the storage does (may raise)
+        # SQLite: the file does not exist yet, and `database` is a scratch file beside where it will be.
+        self.scratch = False
+        self.facts: dict[str, Any] = {}  # what a check found for the next ones
+        self.cleanups: list[Callable[[], None]] = []  # run when the checks are done
+
+    def knows(self, fact: str) -> bool:
+        return fact in self.__dict__
 
     def close(self) -> None:
         for cleanup in reversed(self.cleanups):

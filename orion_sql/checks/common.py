@@ -43,7 +43,8 @@ def check_connection(probe: Probe):
     except CheckFailed:
         raise
     except Exception as error:
-        raise CheckFailed(f"{redact(probe.url)}: {first_line(error, probe)}", dialect.connect_advice(probe.url)) from None
+        found = f"{redact(probe.url)}: {first_line(error, probe)}"
+        raise CheckFailed(found, dialect.connect_advice(probe.url)) from None
     milliseconds = (time.monotonic() - started) * 1000
     return passed(f"{version} answered in {milliseconds:.0f} ms" + (f"; {note}" if note else ""))
 
@@ -54,7 +55,8 @@ def check_schema(probe: Probe):
         return passed(f"at this orion_sql's head, {head_revision()}")
     if status.state is SchemaState.EMPTY:
         where = "the file" if probe.scratch else "the database"
-        return passed(f"no orion_sql schema yet: the storage creates it on first use in {where} (the read-write check tries it)")
+        return passed(f"no orion_sql schema yet: the storage creates it on first use in {where} "
+                      "(the read-write check tries it)")
     advice = (
         f"stop every worker, back the database up, then run `{UPGRADE_COMMAND}`"
         if status.state is SchemaState.OUTDATED
@@ -71,7 +73,8 @@ def check_read_write(probe: Probe):
         with probe.database.rolled_back() as scratch:
             step = "creating the schema (as the storage would)"
             storage = SQL.on(scratch)
-            for step, call in _storage_calls(storage):
+            for what, call in _storage_calls(storage):
+                step = what
                 call()
     except Exception as error:
         raise CheckFailed(f"{step}: {first_line(error, probe)}", probe.dialect.write_advice(probe.url)) from None
@@ -112,12 +115,14 @@ def _storage_calls(storage):
         done.results = [Trial.Result(name="objective", type="objective", value=0.25)]
         storage.push_trial_results(done)
         stored = storage.get_trial(uid=done.id, experiment_uid=experiment_id)
-        _expect(stored.status == "completed" and stored.objective.value == 0.25, "the completed trial reads back differently")
+        _expect(stored.status == "completed" and stored.objective.value == 0.25,
+                "the completed trial reads back differently")
 
     def lock():
         with storage.acquire_algorithm_lock(uid=experiment_id, timeout=10) as locked:
             locked.set_state({"checked": True})
-        _expect(storage.get_algorithm_lock_info(uid=experiment_id).state == {"checked": True}, "the algorithm state was not saved")
+        saved = storage.get_algorithm_lock_info(uid=experiment_id).state
+        _expect(saved == {"checked": True}, "the algorithm state was not saved")
 
     def delete():
         _expect(storage.delete_experiment(uid=experiment_id) == 1, "the experiment was not deleted")
@@ -125,7 +130,7 @@ def _storage_calls(storage):
 
     return [
         ("creating an experiment", lambda: storage.create_experiment(config)),
-        ("reading it back", lambda: _expect(len(storage.fetch_experiments({"_id": experiment_id})) == 1, "it is not there")),
+        ("reading it back", lambda: _expect(len(storage.fetch_experiments({"_id": experiment_id})) == 1, "not there")),
         ("registering a trial", lambda: storage.register_trial(trial)),
         ("reserving the trial", reserve),
         ("completing the trial", complete),
@@ -177,7 +182,7 @@ def first_line(error: BaseException, probe: Probe) -> str:
         error = error.orig
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     line = lines[0] if lines else type(error).__name__
-    password = probe.url.password if probe.url is not None else None
+    password = probe.url.password if probe.knows("url") else None
     return line.replace(str(password), "***") if password else line
 
 

@@ -1,6 +1,9 @@
 """PostgreSQL's checks: is a pooler in front, and how many workers the server has room for."""
 from __future__ import annotations
 
+from typing import cast
+
+import psycopg
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
@@ -30,7 +33,7 @@ def check_pooler(probe: Probe):
     that run their transactions in turn on one server process share it: transaction pooling."""
     engine = probe.database.engine
     with engine.connect() as first, engine.connect() as second:
-        given = first.connection.dbapi_connection.info.backend_pid
+        given = cast(psycopg.Connection, first.connection.driver_connection).info.backend_pid  # announced at login
         served = [first.execute(_SERVER_PROCESS).scalar_one()]
         first.commit()
         served.append(second.execute(_SERVER_PROCESS).scalar_one())

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL
@@ -22,9 +21,9 @@ NETWORK_FILE_SYSTEMS = {
 MOUNT_TABLE = "/proc/self/mountinfo"
 
 
-def open_database(probe: Probe) -> Optional[str]:
+def open_database(probe: Probe) -> str | None:
     """The file, or a scratch file where it will be created (removed when the checks end)."""
-    path = probe.url.database
+    path = str(probe.url.database)  # a SQLite URL always names its file (see location.py)
     if os.path.exists(path):
         if not os.path.isfile(path):
             raise CheckFailed(f"{path} is not a file", "give the path of a SQLite file (or of one to create)")
@@ -69,7 +68,7 @@ def version(conn) -> str:
 def check_file(probe: Probe):
     with probe.database.transaction() as conn:
         journal = conn.execute(text("PRAGMA journal_mode")).scalar_one()
-    file_system = file_system_of(probe.database.url.database)
+    file_system = file_system_of(str(probe.database.url.database))
     found = f"journal mode {journal}, file system {file_system or 'unknown (no ' + MOUNT_TABLE + ')'}"
     if file_system in NETWORK_FILE_SYSTEMS:
         return warning(
@@ -83,7 +82,7 @@ def check_file(probe: Probe):
     return passed(found)
 
 
-def file_system_of(path: str) -> Optional[str]:
+def file_system_of(path: str) -> str | None:
     """The type of the file system holding `path` (Linux), from the longest mount point above it."""
     try:
         with open(MOUNT_TABLE, encoding="utf-8") as table:

@@ -19,7 +19,8 @@ def database_contents(url: str) -> dict:
             }
             contents["views"] = sorted(sa.inspect(conn).get_view_names())
             if engine.dialect.name == "postgresql":
-                contents["sequences"] = conn.execute(sa.text("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")).all()
+                sequences = sa.text("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
+                contents["sequences"] = conn.execute(sequences).all()
             return contents
     finally:
         engine.dispose()
