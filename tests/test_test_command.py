@@ -218,3 +218,16 @@ def test_a_pgbouncer_in_front_is_reported_with_its_pool_mode(postgresql_url_fres
     assert code == 0, checks
     assert f"in {pool_mode} pooling mode" in checks["pooler"]["detail"]
     assert ("its pool size" in checks["connections"]["detail"]) is (pool_mode == "transaction")
+
+
+def test_a_sqlite_file_on_a_network_file_system_is_a_warning_not_a_failure(
+    sqlite_url_fresh, tmp_path, monkeypatch, capsys
+):
+    """The mount table says the test's folder is NFS: `file` warns, and the exit status stays 0."""
+    table = tmp_path / "mountinfo"
+    table.write_text(f"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n40 22 0:35 / {tmp_path} rw - nfs4 server:/export rw\n")
+    monkeypatch.setattr(sqlite_checks, "MOUNT_TABLE", str(table))
+    code, checks = run_test(monkeypatch, capsys, sqlite_url_fresh)
+    assert code == 0
+    assert checks["file"]["outcome"] == "warn" and "file system nfs4" in checks["file"]["detail"]
+    assert "PostgreSQL" in checks["file"]["advice"]
