@@ -13,7 +13,6 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from support import DIALECTS
 from support.contents import database_contents
 from support.documents import make_trial, new_experiment
 from support.pgbouncer import free_port, pgbouncer
@@ -28,7 +27,25 @@ from orion_sql.schema import downgrade, revisions
 ORION_SQL = str(Path(sys.executable).with_name("orion-sql"))
 PASSWORD = "s3cret-Pa55"
 COMMON = ["url", "connection", "schema", "read-write", "clock"]
+# The checks each dialect adds to the common ones (one without checks of its own gets COMMON).
 CHECKS = {"sqlite": COMMON + ["file"], "postgresql": COMMON + ["pooler", "connections"]}
+# How each server says why it cannot be used (SQLite, a file, has its own tests below).
+REFUSED = {"postgresql": "Connection refused", "mariadb": "Connection refused"}
+MISSING_DATABASE = {"postgresql": "does not exist", "mariadb": "Unknown database"}
+# A trigger that refuses every change of a trial's status: reservations fail.
+REFUSING_TRIGGER = {
+    "sqlite": ["CREATE TRIGGER refuse BEFORE UPDATE OF status ON trials "
+               "BEGIN SELECT RAISE(ABORT, 'reservations refused by the test'); END"],
+    "postgresql": ["CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN RAISE EXCEPTION 'reservations refused by the test'; END $$",
+                   "CREATE TRIGGER refuse BEFORE UPDATE OF status ON trials FOR EACH ROW EXECUTE FUNCTION refuse()"],
+    "mariadb": ["CREATE TRIGGER refuse BEFORE UPDATE ON trials FOR EACH ROW IF NEW.status <> OLD.status THEN "
+                "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'reservations refused by the test'; END IF"],
+}
+
+
+def checks_of(dialect: str) -> list[str]:
+    return CHECKS.get(dialect, COMMON)
 
 
 def run_test(monkeypatch, capsys, url: str) -> tuple[int, dict[str, dict]]:
@@ -54,7 +71,7 @@ def populate(url: str) -> None:
 
 def assert_failed(checks: dict, name: str, dialect: str) -> dict:
     """`name` failed with advice; the checks before it passed; those that need it were skipped."""
-    assert list(checks) == CHECKS[dialect]
+    assert list(checks) == checks_of(dialect)
     failed = checks[name]
     assert failed["outcome"] == "fail" and failed["advice"], failed
     assert [result["check"] for result in checks.values() if result["outcome"] == "fail"] == [name]
@@ -66,7 +83,7 @@ def test_passes_on_a_database_in_use_and_leaves_it_as_it_was(database_url, monke
     before = database_contents(database_url)
     code, checks = run_test(monkeypatch, capsys, database_url)
     assert code == 0
-    assert list(checks) == CHECKS[dialect_of(database_url)]
+    assert list(checks) == checks_of(dialect_of(database_url))
     assert {result["outcome"] for result in checks.values()} == {"pass"}, checks
     assert "rolled back" in checks["read-write"]["detail"]
     if "pooler" in checks:
@@ -85,37 +102,37 @@ def test_passes_on_an_empty_database_and_leaves_it_empty(empty_url, monkeypatch,
         assert sorted(tmp_path.rglob("*")) == files_before
     else:
         assert table_names(empty_url) == set()
-        assert database_contents(empty_url) == {"views": [], "sequences": []}
+        assert not any(database_contents(empty_url).values())  # no row, view or sequence either
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
-def test_an_unreachable_database_fails_the_connection_check(dialect, monkeypatch, capsys, tmp_path):
-    if dialect == "postgresql":  # nothing listens on the port
-        url = f"postgresql+psycopg://orion:{PASSWORD}@127.0.0.1:{free_port()}/orion"
-    else:  # the file's folder cannot be created: a file is in the way
+def test_an_unreachable_database_fails_the_connection_check(database_url, monkeypatch, capsys, tmp_path):
+    dialect = dialect_of(database_url)
+    if dialect == "sqlite":  # the file's folder cannot be created: a file is in the way
         (tmp_path / "a-file").write_text("")
         url = f"sqlite:///{tmp_path}/a-file/orion.sqlite"
+    else:  # nothing listens on the port
+        url = make_url(database_url).set(port=free_port(), password=PASSWORD).render_as_string(hide_password=False)
     code, checks = run_test(monkeypatch, capsys, url)
     assert code == 1
     failed = assert_failed(checks, "connection", dialect)
-    assert ("Connection refused" if dialect == "postgresql" else "is not a folder") in failed["detail"]
-    assert {checks[name]["outcome"] for name in CHECKS[dialect][2:]} == {"skip"}
+    assert ("is not a folder" if dialect == "sqlite" else REFUSED[dialect]) in failed["detail"]
+    assert {checks[name]["outcome"] for name in checks_of(dialect)[2:]} == {"skip"}
     assert PASSWORD not in json.dumps(checks)
 
 
 def test_a_wrong_database_name_fails_the_connection_check(database_url, monkeypatch, capsys, tmp_path):
     dialect = dialect_of(database_url)
-    if dialect == "postgresql":
-        url = make_url(database_url)
-        wrong = url.set(database=url.database + "_typo").render_as_string(hide_password=False)
-    else:  # a file, but not a SQLite database: Oríon's PickledDB, say
+    if dialect == "sqlite":  # a file, but not a SQLite database: Oríon's PickledDB, say
         wrong = str(tmp_path / "orion_db.pkl")
         Path(wrong).write_bytes(pickle.dumps({"experiments": []}))
+    else:
+        url = make_url(database_url)
+        wrong = url.set(database=url.database + "_typo").render_as_string(hide_password=False)
     before = Path(wrong).read_bytes() if dialect == "sqlite" else None
     code, checks = run_test(monkeypatch, capsys, wrong)
     assert code == 1
     failed = assert_failed(checks, "connection", dialect)
-    assert ("does not exist" if dialect == "postgresql" else "not a database") in failed["detail"]
+    assert ("not a database" if dialect == "sqlite" else MISSING_DATABASE[dialect]) in failed["detail"]
     if dialect == "sqlite":
         assert Path(wrong).read_bytes() == before
 
@@ -167,14 +184,8 @@ def test_a_failure_midway_leaves_nothing_behind(database_url, monkeypatch, capsy
     populate(database_url)
     engine = sa.create_engine(database_url)
     with engine.begin() as conn:
-        if dialect_of(database_url) == "sqlite":
-            conn.execute(sa.text("CREATE TRIGGER refuse BEFORE UPDATE OF status ON trials "
-                                 "BEGIN SELECT RAISE(ABORT, 'reservations refused by the test'); END"))
-        else:
-            conn.execute(sa.text("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                                 "$$ BEGIN RAISE EXCEPTION 'reservations refused by the test'; END $$"))
-            conn.execute(sa.text("CREATE TRIGGER refuse BEFORE UPDATE OF status ON trials "
-                                 "FOR EACH ROW EXECUTE FUNCTION refuse()"))
+        for statement in REFUSING_TRIGGER[dialect_of(database_url)]:
+            conn.execute(sa.text(statement))
     engine.dispose()
     before = database_contents(database_url)
     code, checks = run_test(monkeypatch, capsys, database_url)
