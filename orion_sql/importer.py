@@ -30,18 +30,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from orion_sql import exact_json, mapping
 from orion_sql.database import Database
 from orion_sql.legacy_db import LegacyDocuments
-from orion_sql.models import (
-    PARAM_TYPES,
-    RESULT_TYPES,
-    AlgoLockRow,
-    BenchmarkRow,
-    ExperimentRow,
-    TrialRow,
-    algo_locks,
-    benchmarks,
-    experiments,
-    trials,
-)
+from orion_sql.models import PARAM_TYPES, RESULT_TYPES, algo_locks, benchmarks, experiments, trials
 from orion_sql.rows import VALUE_TABLES
 from orion_sql.schema import initialise_if_empty
 from orion_sql.transfer import NO_PROGRESS, Progress, Summary, TransferError, experiment_trials
@@ -174,7 +163,7 @@ class _Import:
             row = existing.get((columns["name"], columns["version"]))
             if row is None:
                 self.ids[document["_id"]] = self.conn.execute(
-                    insert(experiments).values(**columns).returning(ExperimentRow.id)
+                    insert(experiments).values(**columns).returning(experiments.c.id)
                 ).scalar_one()
             else:
                 matches[document["_id"]] = row
@@ -243,7 +232,7 @@ class _Import:
         if _dumps(remapped, label) != _dumps(row.document, label):
             return False
         stored = self.conn.execute(
-            select(AlgoLockRow.configuration, AlgoLockRow.state).where(AlgoLockRow.experiment_id == row.id)
+            select(algo_locks.c.configuration, algo_locks.c.state).where(algo_locks.c.experiment_id == row.id)
         ).first()
         algo = self.source.algo.get(document["_id"])
         if stored is None or algo is None:
@@ -264,11 +253,11 @@ class _Import:
             return
         experiment_id = self.ids[document["_id"]]
         self.conn.execute(
-            update(experiments).where(ExperimentRow.id == experiment_id).values(**self._columns(document, remapped))
+            update(experiments).where(experiments.c.id == experiment_id).values(**self._columns(document, remapped))
         )
         if action == "replace":
-            self.conn.execute(delete(trials).where(TrialRow.experiment_id == experiment_id))
-            self.conn.execute(delete(algo_locks).where(AlgoLockRow.experiment_id == experiment_id))
+            self.conn.execute(delete(trials).where(trials.c.experiment_id == experiment_id))
+            self.conn.execute(delete(algo_locks).where(algo_locks.c.experiment_id == experiment_id))
             self.summary.replaced += 1
         self.summary.experiments += 1
         self._insert_algorithm(document, experiment_id)
@@ -311,8 +300,8 @@ class _Import:
             self.conn.execute(insert(trials), [row for row, _ in page])
             ids = dict(
                 self.conn.execute(
-                    select(TrialRow.hash, TrialRow.id).where(
-                        TrialRow.experiment_id == experiment_id, TrialRow.hash.in_([row["hash"] for row, _ in page])
+                    select(trials.c.hash, trials.c.id).where(
+                        trials.c.experiment_id == experiment_id, trials.c.hash.in_([row["hash"] for row, _ in page])
                     )
                 ).all()
             )
@@ -374,7 +363,7 @@ class _Import:
             if replaced_id is None:
                 self.conn.execute(insert(benchmarks).values(**columns))
             else:
-                self.conn.execute(update(benchmarks).where(BenchmarkRow.id == replaced_id).values(**columns))
+                self.conn.execute(update(benchmarks).where(benchmarks.c.id == replaced_id).values(**columns))
                 self.summary.replaced += 1
             self.summary.benchmarks += 1
 

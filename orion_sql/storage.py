@@ -28,16 +28,7 @@ from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
 from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
 from orion_sql.location import redact, resolve_url
-from orion_sql.models import (
-    PENDING_STATUSES,
-    AlgoLockRow,
-    ExperimentRow,
-    TrialRow,
-    algo_locks,
-    benchmarks,
-    experiments,
-    trials,
-)
+from orion_sql.models import PENDING_STATUSES, algo_locks, benchmarks, experiments, trials
 from orion_sql.query import Collection, compile_filter
 from orion_sql.schema import ensure_schema
 
@@ -92,6 +83,11 @@ class SQL(BaseStorageProtocol):
         self._lock_expiry = state["lock_expiry"]
         self._lock = algorithm_lock(self._db, self._lock_expiry)
 
+    @property
+    def database(self) -> Database:
+        """The database this storage works on: its URL, dialect, engine and transactions."""
+        return self._db
+
     def close(self) -> None:
         """Close this process's connections to the database; they reopen on next use."""
         self._db.dispose()
@@ -142,7 +138,7 @@ class SQL(BaseStorageProtocol):
     def delete_experiment(self, experiment=None, uid=None):
         """Delete an experiment; its trials and algorithm lock go with it (cascade)."""
         uid = get_uid(experiment, uid)
-        statement = delete(experiments).where(ExperimentRow.id == uid)
+        statement = delete(experiments).where(experiments.c.id == uid)
         return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
     def update_experiment(self, experiment=None, uid=None, where=None, **kwargs):
@@ -151,14 +147,14 @@ class SQL(BaseStorageProtocol):
         Returns the number of experiments matched. ``_id`` cannot be changed.
         """
         uid = get_uid(experiment, uid)
-        clause = and_(ExperimentRow.id == uid, self._filter(where, EXPERIMENT_FILTERS))
+        clause = and_(experiments.c.id == uid, self._filter(where, EXPERIMENT_FILTERS))
 
         def update_documents(conn):
             found = conn.execute(select(experiments).where(clause).with_for_update()).all()
             for row in found:
                 document = mapping.apply_set(row.document, kwargs, row.id)
                 columns = mapping.experiment_columns(document)
-                conn.execute(update(experiments).where(ExperimentRow.id == row.id).values(**columns))
+                conn.execute(update(experiments).where(experiments.c.id == row.id).values(**columns))
             return len(found)
 
         return self._db.run(update_documents, write=True)
@@ -189,7 +185,7 @@ class SQL(BaseStorageProtocol):
 
     def delete_trials(self, experiment=None, uid=None, where=None):
         uid = get_uid(experiment, uid)
-        clause = and_(TrialRow.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
+        clause = and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
         return self._db.run(rows.rows_matched(delete(trials).where(clause)), write=True, autocommit=True)
 
     def reserve_trial(self, experiment):
@@ -214,12 +210,12 @@ class SQL(BaseStorageProtocol):
 
     def fetch_trials(self, experiment=None, uid=None, where=None):
         uid = get_uid(experiment, uid)
-        return self._select_trials(and_(TrialRow.experiment_id == uid, self._filter(where, TRIAL_FILTERS)))
+        return self._select_trials(and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS)))
 
     def update_trials(self, experiment=None, uid=None, where=None, **kwargs):
         """Set fields of the matching trials; returns how many matched."""
         uid = get_uid(experiment, uid)
-        clause = and_(TrialRow.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
+        clause = and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
         return self._db.run(rows.set_trial_fields(clause, kwargs), write=True)
 
     def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):
@@ -238,9 +234,9 @@ class SQL(BaseStorageProtocol):
         silence = datetime.timedelta(seconds=orion.core.config.worker.heartbeat * 5)
         return self._select_trials(
             and_(
-                TrialRow.experiment_id == experiment.id,
-                TrialRow.status == "reserved",
-                TrialRow.heartbeat <= self._db.dialect.now(minus=silence),
+                trials.c.experiment_id == experiment.id,
+                trials.c.status == "reserved",
+                trials.c.heartbeat <= self._db.dialect.now(minus=silence),
             )
         )
 
@@ -275,7 +271,7 @@ class SQL(BaseStorageProtocol):
             mapping.trial_columns({"heartbeat": heartbeat})
         statement = (
             update(trials)
-            .where(self._trial_clause(trial.id, trial.experiment), TrialRow.status == was)
+            .where(self._trial_clause(trial.id, trial.experiment), trials.c.status == was)
             .values(status=status, heartbeat=heartbeat or self._db.dialect.now())
         )
         if not self._db.run(rows.rows_matched(statement), write=True, autocommit=True):
@@ -283,13 +279,13 @@ class SQL(BaseStorageProtocol):
         trial.status = status
 
     def fetch_pending_trials(self, experiment):
-        return self._trials_with_status(experiment, TrialRow.status.in_(PENDING_STATUSES))
+        return self._trials_with_status(experiment, trials.c.status.in_(PENDING_STATUSES))
 
     def fetch_noncompleted_trials(self, experiment):
-        return self._trials_with_status(experiment, TrialRow.status != "completed")
+        return self._trials_with_status(experiment, trials.c.status != "completed")
 
     def fetch_trials_by_status(self, experiment, status):
-        return self._trials_with_status(experiment, TrialRow.status == status)
+        return self._trials_with_status(experiment, trials.c.status == status)
 
     def count_completed_trials(self, experiment):
         return self._count_trials(experiment, "completed")
@@ -333,7 +329,7 @@ class SQL(BaseStorageProtocol):
         return self._lock.info(get_uid(experiment, uid))
 
     def delete_algorithm_lock(self, experiment=None, uid=None):
-        statement = delete(algo_locks).where(AlgoLockRow.experiment_id == get_uid(experiment, uid))
+        statement = delete(algo_locks).where(algo_locks.c.experiment_id == get_uid(experiment, uid))
         return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
     def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
@@ -347,20 +343,20 @@ class SQL(BaseStorageProtocol):
 
     def _trial_clause(self, trial_hash, experiment_id, where=None) -> ColumnElement[bool]:
         return and_(
-            TrialRow.hash == trial_hash,
-            TrialRow.experiment_id == experiment_id,
+            trials.c.hash == trial_hash,
+            trials.c.experiment_id == experiment_id,
             self._filter(where, TRIAL_FILTERS),
         )
 
     def _trials_with_status(self, experiment, status_clause) -> list[Trial]:
-        return self._select_trials(and_(TrialRow.experiment_id == experiment.id, status_clause))
+        return self._select_trials(and_(trials.c.experiment_id == experiment.id, status_clause))
 
     def _count_trials(self, experiment, status: str) -> int:
-        statement = select(func.count()).where(TrialRow.experiment_id == experiment.id, TrialRow.status == status)
+        statement = select(func.count()).where(trials.c.experiment_id == experiment.id, trials.c.status == status)
         return self._db.run(lambda conn: conn.execute(statement).scalar_one(), write=False, autocommit=True)
 
     def _select_trials(self, clause: ColumnElement[bool]) -> list[Trial]:
         """Trials matching `clause`, by submit time, with their values (one snapshot)."""
-        order = TrialRow.submit_time.asc().nulls_first()
+        order = trials.c.submit_time.asc().nulls_first()
         found = self._db.run(lambda conn: statements.trial_documents(conn, clause, order), write=False)
         return [Trial(**document) for document in found]
