@@ -1,7 +1,7 @@
 """docs/analytics.md, executed: the views and every example query, on SQLite and PostgreSQL.
 
 Each query is read from the document (not copied here), run on a database filled by
-real Oríon runs (tests/orion_fill.py), and its answer checked against what Oríon's own
+real Oríon runs (tests/support/orion_fill.py), and its answer checked against what Oríon's own
 API says. A query without a check fails. The schema table of the document must match
 the database; the 0002_analytics_views revision keeps data and adds only views.
 """
@@ -18,7 +18,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 from alembic import command
@@ -29,12 +29,11 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 
-import orion_fill
-from support import DIALECTS
 from orion_sql import SQL
 from orion_sql.database import Database
 from orion_sql.location import sqlite_url
 from orion_sql.schema import VERSION_TABLE, alembic_config, current_revision, downgrade, head_revision, upgrade
+from support import DIALECTS, orion_fill
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analytics.md"
 BEFORE_VIEWS = "0001_initial"
@@ -52,13 +51,13 @@ _SQL_BLOCK = re.compile(r"^```sql(?P<tag>[^\n]*)\n(?P<body>.*?)^```", re.S | re.
 _NAME_LINE = re.compile(r"-- name: (\w+)\s*$")
 
 
-def parse_queries(markdown: str) -> dict[str, dict[Optional[str], str]]:
+def parse_queries(markdown: str) -> dict[str, dict[str | None, str]]:
     """Every ```sql block of the document: name -> {dialect or None (portable): SQL}.
 
     Raises ValueError for a block without a `-- name:` first line, an unknown dialect
     tag, a name given twice, or a name with variants for some dialects only.
     """
-    queries: dict[str, dict[Optional[str], str]] = {}
+    queries: dict[str, dict[str | None, str]] = {}
     for block in _SQL_BLOCK.finditer(markdown):
         line = markdown.count("\n", 0, block.start()) + 1
         tag = block["tag"].strip() or None
@@ -119,11 +118,11 @@ class Orion:
     def experiments(self) -> list[tuple[str, int]]:
         return sorted((doc["name"], doc["version"]) for doc in self.storage.fetch_experiments({}))
 
-    @functools.cache
+    @functools.cache  # noqa: B019 (one Orion per module and dialect: the cache lives as long as it)
     def client(self, name: str, version: int):
         return get_experiment(name, version, storage=self.storage)
 
-    def trials(self, name: str, version: int, status: Optional[str] = None) -> list[Trial]:
+    def trials(self, name: str, version: int, status: str | None = None) -> list[Trial]:
         client = self.client(name, version)
         return client.fetch_trials_by_status(status) if status else client.fetch_trials()
 
@@ -201,7 +200,7 @@ def _params(trial: Trial) -> list[dict]:
     return trial.to_dict()["params"]
 
 
-def _seconds(trial: Trial) -> Optional[float]:
+def _seconds(trial: Trial) -> float | None:
     if trial.start_time and trial.end_time:
         return (trial.end_time - trial.start_time).total_seconds()
     return None
@@ -211,7 +210,7 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
-def _broken_rate(statuses: list[str]) -> Optional[float]:
+def _broken_rate(statuses: list[str]) -> float | None:
     finished = [status for status in statuses if status in ("completed", "broken")]
     return finished.count("broken") / len(finished) if finished else None
 
@@ -291,7 +290,11 @@ def check_objective_by_choice(rows, orion, experiment, version):
                 groups[key].append(trial.objective.value)
     expected = {key: (len(objs), approx(statistics.fmean(objs)), min(objs)) for key, objs in groups.items()}
     got = {
-        (r["parameter_name"], r["text_value"], r["numeric_value"]): (r["trials"], r["mean_objective"], r["best_objective"])
+        (r["parameter_name"], r["text_value"], r["numeric_value"]): (
+            r["trials"],
+            r["mean_objective"],
+            r["best_objective"],
+        )
         for r in rows
     }
     assert got == expected
@@ -346,7 +349,9 @@ def check_worker_failure_rate(rows, orion):
         for worker, items in trials.items()
     }
     got = {r["worker"]: (r["experiments"], r["trials"], r["completed"], r["broken"], r["broken_rate"]) for r in rows}
-    assert got == {worker: (*counts, approx(rate) if rate is not None else None) for worker, (*counts, rate) in expected.items()}
+    assert got == {
+        worker: (*counts, approx(rate) if rate is not None else None) for worker, (*counts, rate) in expected.items()
+    }
     # Named by prepare_trial hooks, and by the storage (host:pid) where no hook named them.
     assert {"node-a", "node-b", "node-c"} <= set(expected)
     assert any(worker.endswith(f":{os.getpid()}") for worker in expected), expected
@@ -370,7 +375,13 @@ def check_workers_of_experiment(rows, orion, experiment, version):
         for worker, items in trials.items()
     }
     got = {
-        r["worker"]: (r["trial_count"], r["completed_count"], r["broken_count"], r["broken_rate"], r["mean_completed_seconds"])
+        r["worker"]: (
+            r["trial_count"],
+            r["completed_count"],
+            r["broken_count"],
+            r["broken_rate"],
+            r["mean_completed_seconds"],
+        )
         for r in rows
     }
     assert got == expected
@@ -454,7 +465,9 @@ def check_evc_tree(rows, orion, experiment, version):
 def check_version_differences(rows, orion, experiment_a, version_a, experiment_b, version_b):
     a = orion.client(experiment_a, version_a).configuration
     b = orion.client(experiment_b, version_b).configuration
-    expected = [("dimension", d, prior, b["space"].get(d)) for d, prior in a["space"].items() if b["space"].get(d) != prior]
+    expected = [
+        ("dimension", d, prior, b["space"].get(d)) for d, prior in a["space"].items() if b["space"].get(d) != prior
+    ]
     expected += [("dimension", d, None, prior) for d, prior in b["space"].items() if d not in a["space"]]
     if a["algorithm"] != b["algorithm"]:
         expected.append(("algorithm", next(iter(a["algorithm"])), a["algorithm"], b["algorithm"]))
@@ -477,7 +490,9 @@ def check_recorded_changes(rows, orion, experiment):
             continue
         for adapter in orion.client(name, version).configuration["refers"]["adapter"]:
             dimension = (adapter.get("param") or {}).get("name") or adapter.get("name") or adapter.get("old_name")
-            expected.append((name, version, node.parent.name, node.parent.version, adapter["of_type"], dimension, adapter))
+            expected.append(
+                (name, version, node.parent.name, node.parent.version, adapter["of_type"], dimension, adapter)
+            )
     key = lambda e: (e[0], e[1], e[4], e[5] or "")  # noqa: E731
     got = [
         (r["experiment_name"], r["version"], r["parent_name"], r["parent_version"], r["change_type"],
@@ -499,7 +514,9 @@ def check_parameter_ranges_by_version(rows, orion, experiment):
     expected = []
     for (name, version, kind), v in sorted(values.items()):
         numbers = [x for x in v if not isinstance(x, str)]
-        expected.append((name, version, kind, len(v), min(numbers, default=None), max(numbers, default=None), len(set(v))))
+        expected.append(
+            (name, version, kind, len(v), min(numbers, default=None), max(numbers, default=None), len(set(v)))
+        )
     got = [
         (r["parameter_name"], r["version"], r["parameter_type"], r["trials"], r["low"], r["high"], r["distinct_values"])
         for r in rows
@@ -587,7 +604,9 @@ def schema_objects(url: str) -> dict:
         table: {
             "columns": [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
             "primary_key": inspector.get_pk_constraint(table)["constrained_columns"],
-            "foreign_keys": sorted((fk["name"], tuple(fk["constrained_columns"])) for fk in inspector.get_foreign_keys(table)),
+            "foreign_keys": sorted(
+                (fk["name"], tuple(fk["constrained_columns"])) for fk in inspector.get_foreign_keys(table)
+            ),
             "unique": sorted((u["name"], tuple(u["column_names"])) for u in inspector.get_unique_constraints(table)),
             "checks": sorted((c["name"], c["sqltext"]) for c in inspector.get_check_constraints(table)),
             "indexes": sorted((i["name"], tuple(i["column_names"]), i["unique"]) for i in inspector.get_indexes(table)),

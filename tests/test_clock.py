@@ -25,10 +25,10 @@ import time
 
 import orion.core
 import pytest
-from orion.algo.space import Space
-from orion.core.worker.experiment import Experiment
 from orion.core.worker.trial import Trial
 from sqlalchemy import event, select, text
+
+from support.documents import experiment_of, new_experiment
 
 SERVER_NOW = {
     "postgresql": text("SELECT timezone('UTC', clock_timestamp())::timestamp(6)::text"),
@@ -39,14 +39,8 @@ TIMESTAMP_LITERAL = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")
 
 def server_now(storage) -> datetime.datetime:
     """The database server's clock, naive UTC, read with SQL of the test's own."""
-    with storage._db.engine.connect() as conn:
-        return datetime.datetime.fromisoformat(conn.execute(SERVER_NOW[storage._db.dialect.name]).scalar_one())
-
-
-def new_experiment(storage) -> Experiment:
-    config = {"name": "clock", "version": 1, "space": {}, "algorithm": {"random": {"seed": 1}}}
-    storage.create_experiment(config)
-    return Experiment("clock", Space(), version=1, _id=config["_id"], storage=storage)
+    with storage.database.engine.connect() as conn:
+        return datetime.datetime.fromisoformat(conn.execute(SERVER_NOW[storage.database.dialect.name]).scalar_one())
 
 
 def register(storage, experiment, x: float, status="new") -> Trial:
@@ -64,7 +58,7 @@ def assert_server_time(storage, written: datetime.datetime) -> None:
 
 
 def test_heartbeats_written_are_the_servers_clock(storage):
-    experiment = new_experiment(storage)
+    experiment = experiment_of(storage, new_experiment(storage, "clock"))
     register(storage, experiment, 0.5)
     register(storage, experiment, 1.5)
 
@@ -85,8 +79,8 @@ def test_heartbeats_written_are_the_servers_clock(storage):
 
 def test_the_server_clock_is_read_when_a_statement_runs(storage):
     """One statement built once and run twice reads the clock twice."""
-    statement = select(storage._db.dialect.now())
-    with storage._db.engine.connect() as conn:
+    statement = select(storage.database.dialect.now())
+    with storage.database.engine.connect() as conn:
         first = conn.execute(statement).scalar_one()
         time.sleep(0.3)
         second = conn.execute(statement).scalar_one()
@@ -96,21 +90,21 @@ def test_the_server_clock_is_read_when_a_statement_runs(storage):
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_client_sends_no_time(storage):
-    experiment = new_experiment(storage)
+    experiment = experiment_of(storage, new_experiment(storage, "clock"))
     register(storage, experiment, 0.5)
     sent = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):
         sent.append((statement, parameters))
 
-    event.listen(storage._db.engine, "before_cursor_execute", capture)
+    event.listen(storage.database.engine, "before_cursor_execute", capture)
     try:
         trial = storage.reserve_trial(experiment)
         storage.update_heartbeat(trial)
         storage.fetch_lost_trials(experiment)
         storage.set_trial_status(trial, "interrupted")
     finally:
-        event.remove(storage._db.engine, "before_cursor_execute", capture)
+        event.remove(storage.database.engine, "before_cursor_execute", capture)
 
     # The reservation's UPDATE stands alone, or inside WITH (one statement, on PostgreSQL).
     writes = [(statement, parameters) for statement, parameters in sent if "UPDATE trials" in statement]
@@ -122,7 +116,7 @@ def test_postgresql_client_sends_no_time(storage):
 
 
 def test_lost_trials_are_judged_by_the_servers_clock(storage):
-    experiment = new_experiment(storage)
+    experiment = experiment_of(storage, new_experiment(storage, "clock"))
     threshold = datetime.timedelta(seconds=5 * orion.core.config.worker.heartbeat)
     margin = datetime.timedelta(seconds=30)
     now = server_now(storage)

@@ -27,6 +27,7 @@ import queue
 import signal
 import time
 import traceback
+from multiprocessing.process import BaseProcess
 from typing import Any, Callable
 
 import orion.core
@@ -40,6 +41,7 @@ from orion.storage.base import LockAcquisitionTimeout
 from sqlalchemy import text
 
 from orion_sql import SQL
+from support.documents import new_experiment
 
 CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["orion.client", "orion_sql", "test_concurrency"])
@@ -62,7 +64,7 @@ def _report(results, index: int, target: Callable, args: tuple) -> None:
         results.put((index, False, traceback.format_exc()))
 
 
-def start(target: Callable, *args) -> tuple[multiprocessing.Process, Any]:
+def start(target: Callable, *args) -> tuple[BaseProcess, Any]:
     """Start one child running `target(*args)`; returns it and its result queue."""
     results = CONTEXT.Queue()
     process = CONTEXT.Process(target=_report, args=(results, 0, target, args), daemon=True)
@@ -82,7 +84,8 @@ def run_children(target: Callable, args_list: list[tuple], timeout: float) -> li
     ]
     for process in processes:
         process.start()
-    collected, failures = {}, []
+    collected: dict[int, Any] = {}
+    failures: list[str] = []
     deadline = time.monotonic() + timeout
     try:
         while len(collected) + len(failures) < len(processes):
@@ -103,8 +106,9 @@ def run_children(target: Callable, args_list: list[tuple], timeout: float) -> li
     return [collected[index] for index in range(len(processes))]
 
 
-def kill(process: multiprocessing.Process) -> None:
+def kill(process: BaseProcess) -> None:
     """SIGKILL: no cleanup, no atexit, connections dropped by the kernel."""
+    assert process.pid is not None, "the process was never started"
     os.kill(process.pid, signal.SIGKILL)
     process.join(timeout=10)
     assert process.exitcode == -signal.SIGKILL
@@ -113,12 +117,6 @@ def kill(process: multiprocessing.Process) -> None:
 def experiment_object(storage: SQL, experiment_id) -> Experiment:
     """The Experiment object Oríon passes to the storage (only its id matters here)."""
     return Experiment(f"experiment-{experiment_id}", Space(), version=1, _id=experiment_id, storage=storage)
-
-
-def new_experiment(storage: SQL, name: str) -> Any:
-    config = {"name": name, "version": 1, "space": {"x": "uniform(0, 1)"}, "algorithm": {"random": {"seed": 1}}}
-    storage.create_experiment(config)
-    return config["_id"]
 
 
 # --- 1. racing reservations ----------------------------------------------------------
@@ -138,7 +136,7 @@ def _reserve_until_none(url: str, experiment_id, barrier) -> list[tuple[str, flo
 @pytest.mark.slow
 def test_racing_processes_reserve_each_trial_exactly_once(database_url):
     storage = SQL(uri=database_url)
-    experiment_id = new_experiment(storage, "race")
+    experiment_id = new_experiment(storage, "race")["_id"]
     registered = {}
     for index in range(400):
         x = index + 0.25
@@ -214,7 +212,7 @@ def idle_in_transaction(storage: SQL) -> int:
     statement = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
     )
-    with storage._db.engine.connect() as conn:
+    with storage.database.engine.connect() as conn:
         return conn.execute(statement).scalar_one()
 
 
@@ -229,7 +227,7 @@ def _hold_lock_forever(url: str, experiment_id, held) -> None:
 @pytest.mark.slow
 def test_killed_lock_holder_does_not_keep_the_algorithm_lock(database_url):
     storage = SQL(uri=database_url, lock_expiry=LOCK_EXPIRY)
-    experiment_id = new_experiment(storage, "locked")
+    experiment_id = new_experiment(storage, "locked")["_id"]
     with storage.acquire_algorithm_lock(uid=experiment_id) as locked:
         locked.set_state({"saved by": "the first holder"})
 
@@ -238,7 +236,7 @@ def test_killed_lock_holder_does_not_keep_the_algorithm_lock(database_url):
     try:
         assert held.wait(timeout=60), "the child never got the lock"
         assert storage.get_algorithm_lock_info(uid=experiment_id).locked
-        if storage._db.dialect.name == "postgresql":
+        if storage.database.dialect.name == "postgresql":
             assert idle_in_transaction(storage) == 1  # the holder's, and nobody else's
         # A live holder keeps the lock longer than the expiry: its lease is renewed.
         with pytest.raises(LockAcquisitionTimeout):
@@ -252,7 +250,7 @@ def test_killed_lock_holder_does_not_keep_the_algorithm_lock(database_url):
         waited = time.monotonic() - killed_at
         assert locked.state == {"saved by": "the first holder"}  # the dead holder saved nothing
         locked.set_state({"saved by": "the next holder"})
-    limit = LOCK_EXPIRY + 0.5 if storage._db.dialect.name == "sqlite" else 2.0
+    limit = LOCK_EXPIRY + 0.5 if storage.database.dialect.name == "sqlite" else 2.0
     assert waited < limit, f"took {waited:.2f}s to get a dead holder's lock"
     info = storage.get_algorithm_lock_info(uid=experiment_id)
     assert (info.locked, info.state) == (False, {"saved by": "the next holder"})

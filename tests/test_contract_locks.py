@@ -144,7 +144,7 @@ def test_release_algorithm_lock(storage):
     with storage.acquire_algorithm_lock(uid=uid, timeout=5):
         released = other.release_algorithm_lock(uid=uid)
         still_locked = other.get_algorithm_lock_info(uid=uid).locked
-    if storage._db.dialect.has_row_locks:
+    if storage.database.dialect.has_row_locks:
         assert (released, still_locked) == (0, True)
     else:
         assert (released, still_locked) == (1, False)

@@ -18,7 +18,16 @@ from orion.core.worker.trial import Trial
 from orion.storage.base import FailedUpdate
 from sqlalchemy import event
 
-from support.documents import T0, assert_identical, experiment_of, make_trial, new_experiment, same_database, seconds, utcnow
+from support.documents import (
+    T0,
+    assert_identical,
+    experiment_of,
+    make_trial,
+    new_experiment,
+    same_database,
+    seconds,
+    utcnow,
+)
 
 STATUSES = ("new", "reserved", "suspended", "completed", "interrupted", "broken")
 
@@ -194,11 +203,11 @@ def test_fetch_trials_reads_one_snapshot(storage):
         if not interleaved and statement.lstrip().startswith("SELECT trials.id"):
             interleaved.append(other.register_trial(make_trial(config["_id"], 2.5)))
 
-    event.listen(storage._db.engine, "after_cursor_execute", register_in_between)
+    event.listen(storage.database.engine, "after_cursor_execute", register_in_between)
     try:
         fetched = storage.fetch_trials(uid=config["_id"])
     finally:
-        event.remove(storage._db.engine, "after_cursor_execute", register_in_between)
+        event.remove(storage.database.engine, "after_cursor_execute", register_in_between)
     assert interleaved
     assert all(len(trial.params) == 1 for trial in fetched)
     assert len(storage.fetch_trials(uid=config["_id"])) == 2
@@ -215,7 +224,10 @@ def test_update_trials_returns_matched_count_and_refuses_bad_fields(storage):
 
     assert storage.update_trials(uid=config["_id"], where={"status": {"$in": ["new", "suspended"]}}, worker="w2") == 2
     assert storage.update_trials(experiment_of(storage, config), where={"status": "nope-no-such"}, worker="x") == 0
-    assert sorted(t.status for t in storage.fetch_trials(uid=config["_id"], where={"worker": "w2"})) == ["new", "suspended"]
+    assert sorted(t.status for t in storage.fetch_trials(uid=config["_id"], where={"worker": "w2"})) == [
+        "new",
+        "suspended",
+    ]
     assert storage.update_trials(uid=config["_id"], status="interrupted") == len(STATUSES)
     assert storage.count_completed_trials(experiment_of(storage, config)) == 0
     assert storage.fetch_trials(uid=other["_id"])[0].status == "new"  # other experiment untouched
@@ -270,7 +282,9 @@ def test_status_queries_counts_and_deletion(storage):
         return [trial.id for trial in found]
 
     # by submit time: register_one_per_status submits in reverse
-    assert ids(storage.fetch_pending_trials(experiment)) == ids([trials[s] for s in ("interrupted", "suspended", "new")])
+    assert ids(storage.fetch_pending_trials(experiment)) == ids(
+        [trials[s] for s in ("interrupted", "suspended", "new")]
+    )
     assert ids(storage.fetch_noncompleted_trials(experiment)) == ids(
         [trials[s] for s in ("broken", "interrupted", "suspended", "reserved", "new")]
     )

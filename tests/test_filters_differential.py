@@ -58,7 +58,7 @@ EXAMPLES = settings(
     max_examples=int(os.environ.get("ORION_SQL_DIFFERENTIAL_EXAMPLES", "150")),
     deadline=None,
     derandomize=IN_CI,  # reproducible in CI; fresh examples on a developer's machine
-    database=None if IN_CI else settings.default.database,
+    database=None if IN_CI else settings().database,
     # One storage per dialect per test; each example clears what the previous one wrote.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -370,7 +370,7 @@ EXPERIMENT_COLUMNS = {key: kind for key, (_, kind) in mapping.EXPERIMENT_FIELDS.
 
 def write_experiments(storage, documents):
     """The storage holding exactly these experiments (emptied in one statement)."""
-    storage._db.run(lambda conn: conn.execute(delete(ExperimentRow)), write=True)
+    storage.database.run(lambda conn: conn.execute(delete(ExperimentRow)), write=True)
     for document in documents:
         storage.create_experiment(copy.deepcopy(document))
 
@@ -382,7 +382,7 @@ def test_experiment_filters_select_what_ephemeraldb_selects(storage, reference, 
     write_experiments(storage, documents)
     database = reference("experiments", documents)
     keys = _keys_of(documents)
-    if storage._db.dialect.name == "sqlite":
+    if storage.database.dialect.name == "sqlite":
         # SQLite's JSON paths cannot name a key with a double quote: orion_sql refuses
         # them there (test_query.py); PostgreSQL filters on them here.
         keys = {key for key in keys if '"' not in key}

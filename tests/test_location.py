@@ -43,7 +43,7 @@ def test_embedded_default_is_created_with_its_folder_on_first_use(default_path):
     assert not os.path.exists(os.path.dirname(default_path))
     storage = SQL()
     assert os.path.isfile(default_path)
-    assert storage._db.url.database == default_path
+    assert storage.database.url.database == default_path
     new_experiment(storage, "embedded")
     # Oríon 0.2.7's default `storage.database` section (what `type: sql` alone gives): the same file
     defaults = {"type": "PickledDB", "name": "orion", "host": "", "port": 27017}
@@ -64,7 +64,7 @@ def test_a_relative_path_is_a_sqlite_file_made_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     storage = SQL(uri=os.path.join("rel", "orion.sqlite"))
     expected = str(tmp_path / "rel" / "orion.sqlite")
-    assert storage._db.url.database == expected and os.path.isfile(expected)
+    assert storage.database.url.database == expected and os.path.isfile(expected)
     assert resolve_url(None, {"host": "db.sqlite"}).database == str(tmp_path / "db.sqlite")
     assert resolve_url("~/x.sqlite").database == os.path.join(os.path.expanduser("~"), "x.sqlite")
     assert resolve_url("sqlite:///rel/orion.sqlite").database == expected
@@ -76,7 +76,7 @@ def test_postgresql_urls_use_psycopg(postgresql_url_fresh):
     plain = make_url(postgresql_url_fresh).set(drivername="postgresql").render_as_string(hide_password=False)
     storage = SQL(uri=plain)
     new_experiment(storage)
-    assert storage._db.engine.dialect.driver == "psycopg"
+    assert storage.database.engine.dialect.driver == "psycopg"
     assert names(SQL(database={"host": plain})) == ["exp"]
 
 
@@ -120,7 +120,9 @@ def test_setup_storage_builds_sql_through_the_entry_point(database_url, tmp_path
     by_uri = setup_storage({"type": "sql", "uri": database_url})
     assert type(by_uri) is SQL
     new_experiment(by_uri)
-    by_host = setup_storage({"type": "sql", "database": {"type": "PickledDB", "name": "orion", "port": 27017, "host": database_url}})
+    by_host = setup_storage(
+        {"type": "sql", "database": {"type": "PickledDB", "name": "orion", "port": 27017, "host": database_url}}
+    )
     assert type(by_host) is SQL
     assert names(by_host) == ["exp"]
 
@@ -137,7 +139,7 @@ def test_the_password_never_shows(postgresql_url_fresh, caplog):
     storage.set_trial_status(trial, "reserved")
     with storage.acquire_algorithm_lock(uid=config["_id"], timeout=1) as locked:
         locked.set_state({"n": 1})
-    assert PASSWORD not in repr(storage) and PASSWORD not in repr(storage._db)
+    assert PASSWORD not in repr(storage) and PASSWORD not in repr(storage.database)
     assert url.host in repr(storage) and url.database in repr(storage)
 
     errors = []
@@ -174,8 +176,8 @@ def test_storage_survives_pickle(storage):
 
 def _connection_id(storage):
     """What identifies this process's database connection (PostgreSQL: its server pid)."""
-    if storage._db.dialect.has_row_locks:
-        with storage._db.engine.connect() as conn:
+    if storage.database.dialect.has_row_locks:
+        with storage.database.engine.connect() as conn:
             return conn.execute(select(func.pg_backend_pid())).scalar_one()
     return None
 

@@ -120,7 +120,7 @@ def test_numbers_beyond_64_bits_infinities_and_nan(experiments):
 def test_integers_and_floats_beyond_2_53_compare_exactly(storage, request):
     """Python compares int and float exactly; PostgreSQL's jsonb keeps the float's shortest
     decimal (and no int/float distinction), so there the pair compares by that decimal."""
-    if storage._db.dialect.name == "postgresql":
+    if storage.database.dialect.name == "postgresql":
         request.applymarker(pytest.mark.xfail(strict=True, reason="jsonb loses exact floats (known limitation)"))
     storage.create_experiment({"name": "big", "version": 1, "n": -(2**63), "m": 4611686018427389000})
     assert names(storage, {"n": float(-(2**63))}) == ["big"]  # equal in Python
@@ -205,7 +205,7 @@ def test_keys_with_double_quotes(storage):
     """PostgreSQL filters on any key; SQLite's JSON paths cannot name one with a double quote."""
     storage.create_experiment({"name": "quoted", "version": 1, 'say "hi"': 1, "é x": 2})
     assert names(storage, {"é x": 2}) == ["quoted"]
-    if storage._db.dialect.name == "sqlite":
+    if storage.database.dialect.name == "sqlite":
         with pytest.raises(ValueError, match="double quote"):
             storage.fetch_experiments({'say "hi"': 1})
     else:

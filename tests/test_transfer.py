@@ -18,10 +18,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from orion.client import build_experiment
 from orion.core.io.database.pickleddb import PickledDB
 from orion.core.worker.trial import Trial
-from orion.executor.single_backend import SingleExecutor
 from orion.storage.legacy import Legacy
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -32,13 +30,26 @@ from orion_sql.cli import main
 from orion_sql.database import Database
 from orion_sql.importer import import_documents
 from orion_sql.legacy_db import read_source
-from orion_sql.models import AlgoLockRow, BenchmarkRow, ExperimentRow, ParamRow, ResultRow, TrialRow
+from orion_sql.models import (
+    AlgoLockRow,
+    algo_locks,
+    benchmarks,
+    experiments,
+    params,
+    results,
+    trials,
+)
+from support.orion_runs import run_experiment
 from support.schema import table_names
 
 SPACE = {"x": "uniform(0, 1)", "kind": "choices(['a', 'b'])"}
-TABLES = [model.__table__ for model in (ExperimentRow, TrialRow, ParamRow, ResultRow, AlgoLockRow, BenchmarkRow)]
+TABLES = [experiments, trials, params, results, algo_locks, benchmarks]
 KEPT = ("kept", 1)  # what the database holds before an import (see `occupied_url`)
-BENCHMARK = {"name": "quad-bench", "algorithms": ["random"], "targets": [{"assess": ["AverageResult"], "task": ["Branin"]}]}
+BENCHMARK = {
+    "name": "quad-bench",
+    "algorithms": ["random"],
+    "targets": [{"assess": ["AverageResult"], "task": ["Branin"]}],
+}
 
 
 class Diverged(RuntimeError):
@@ -58,20 +69,15 @@ def legacy(path) -> dict:
     return {"type": "legacy", "database": {"type": "pickleddb", "host": str(path)}}
 
 
-def _experiment(path, name, **config):
-    return build_experiment(name, storage=legacy(path), executor=SingleExecutor(), max_broken=100, **config)
-
-
 def fill_pickleddb(path: Path) -> None:
     """A real Oríon run on PickledDB: ``quad`` v1 and its EVC child v2, ``other`` v1, a benchmark."""
-    v1 = _experiment(path, "quad", space=SPACE, algorithm={"random": {"seed": 1}}, max_trials=30)
-    v1.workon(quad, max_trials_per_worker=8, max_broken=100)
-    v2 = _experiment(path, "quad", space={**SPACE, "z": "uniform(0, 1, default_value=0.5)"},
-                     algorithm={"random": {"seed": 2}}, max_trials=30, branching={"enable": True})
-    v2.workon(quad, max_trials_per_worker=3, max_broken=100)
+    v1 = run_experiment("quad", legacy(path), quad, 8, space=SPACE, algorithm={"random": {"seed": 1}},
+                        max_trials=30, max_broken=100)
+    v2 = run_experiment("quad", legacy(path), quad, 3, space={**SPACE, "z": "uniform(0, 1, default_value=0.5)"},
+                        algorithm={"random": {"seed": 2}}, max_trials=30, max_broken=100, branching={"enable": True})
     v2.release(v2.suggest(), status="interrupted")
-    other = _experiment(path, "other", space={"x": "uniform(0, 1)"}, algorithm={"random": {"seed": 3}}, max_trials=10)
-    other.workon(lambda x: quad(x, "a"), max_trials_per_worker=2, max_broken=100)
+    other = run_experiment("other", legacy(path), lambda x: quad(x, "a"), 2, space={"x": "uniform(0, 1)"},
+                           algorithm={"random": {"seed": 3}}, max_trials=10, max_broken=100)
     Legacy(database=legacy(path)["database"]).create_benchmark(copy.deepcopy(BENCHMARK))
     for client in (v1, v2, other):
         client.close()
@@ -190,10 +196,12 @@ def assert_sql_holds(url: str, expected: dict[str, list[dict]]) -> dict:
             info = storage.get_algorithm_lock_info(uid=new_id)
             assert info.configuration == algo["configuration"]
             assert info.locked is False
-            with storage._db.transaction() as conn:
+            with storage.database.transaction() as conn:
                 state = conn.execute(select(AlgoLockRow.state).where(AlgoLockRow.experiment_id == new_id)).scalar_one()
             assert state == algo["state"]  # the pickled bytes, unchanged
-        assert [without_id(doc) for doc in storage.fetch_benchmark({})] == [without_id(doc) for doc in expected["benchmarks"]]
+        assert [without_id(doc) for doc in storage.fetch_benchmark({})] == [
+            without_id(doc) for doc in expected["benchmarks"]
+        ]
         return ids
     finally:
         storage.close()
@@ -218,7 +226,9 @@ def test_import_shows_experiments_and_trials_moving(source, occupied_url):
     documents = read_source(str(source))
     bars = io.StringIO()
     database = Database(make_url(occupied_url))
-    summary = import_documents(database, documents, progress=functools.partial(tqdm, file=bars, disable=False, mininterval=0))
+    summary = import_documents(
+        database, documents, progress=functools.partial(tqdm, file=bars, disable=False, mininterval=0)
+    )
     database.dispose()
     text = bars.getvalue()
     assert "experiments: 100%" in text and "3/3" in text
@@ -246,7 +256,9 @@ def _remove_a_trial(storage: Legacy, experiment_id) -> None:
 
 
 def _change_algorithm_state(storage: Legacy, experiment_id) -> None:
-    assert storage._db.write("algo", {"state": pickle.dumps({"changed": True})}, query={"experiment": experiment_id}) == 1
+    assert (
+        storage._db.write("algo", {"state": pickle.dumps({"changed": True})}, query={"experiment": experiment_id}) == 1
+    )
 
 
 CHANGES = {"document": _change_document, "a-trial-removed": _remove_a_trial, "algorithm-state": _change_algorithm_state}
@@ -287,11 +299,14 @@ def test_what_is_not_imported_is_said_in_warnings(source, occupied_url, capsys):
     assert code == 0, err
     orphans = len(storage.fetch_trials(uid=v1["_id"]))
     assert err.splitlines() == [
-        "orion-sql: warning: the source's collection 'lying_trials' (2 documents) is not one of Oríon's; it was not imported",
+        "orion-sql: warning: the source's collection 'lying_trials' (2 documents) is not one of Oríon's; "
+        "it was not imported",
         f"orion-sql: warning: {orphans} trials of experiments that are not in the source were not imported",
         "orion-sql: warning: 1 algorithm document of experiments that are not in the source was not imported",
-        f"orion-sql: warning: experiment 'quad' v2: its parent (source _id {v1['_id']!r}) is not in the source; the link was dropped",
-        f"orion-sql: warning: experiment 'quad' v2: its root (source _id {v1['_id']!r}) is not in the source; the link was dropped",
+        f"orion-sql: warning: experiment 'quad' v2: its parent (source _id {v1['_id']!r}) is not in the source; "
+        "the link was dropped",
+        f"orion-sql: warning: experiment 'quad' v2: its root (source _id {v1['_id']!r}) is not in the source; "
+        "the link was dropped",
     ]
     sql = SQL(uri=occupied_url)
     (v2,) = sql.fetch_experiments({"name": "quad", "version": 2})
@@ -320,12 +335,23 @@ def _bad_last_trial(path: Path) -> None:
 
 BAD_SOURCES = {
     "missing": (lambda path: path.unlink(), "cannot read {path}: No such file or directory"),
-    "not-a-pickle": (lambda path: path.write_text("experiments: []\n"), "{path} is not a PickledDB file: it is not a pickle"),
-    "wrong-shape": (lambda path: path.write_bytes(pickle.dumps({"experiments": []})),
-                    "{path} is not a PickledDB file: it holds a dict, not Oríon's EphemeralDB"),
+    "not-a-pickle": (
+        lambda path: path.write_text("experiments: []\n"),
+        "{path} is not a PickledDB file: it is not a pickle",
+    ),
+    "wrong-shape": (
+        lambda path: path.write_bytes(pickle.dumps({"experiments": []})),
+        "{path} is not a PickledDB file: it holds a dict, not Oríon's EphemeralDB",
+    ),
     "outdated": (_outdated, "{path} was written by an older Oríon; run `orion db upgrade` on it first"),
-    "bad-last-experiment": (_bad_last_experiment, "experiment 'zzz' vtwo (source _id 99): version must be a int, got 'two'"),
-    "bad-last-trial": (_bad_last_trial, "experiment 'other' v1, trial 'ffffffffffffffffffffffffffffffff': Given status `exploded` not one of"),
+    "bad-last-experiment": (
+        _bad_last_experiment,
+        "experiment 'zzz' vtwo (source _id 99): version must be a int, got 'two'",
+    ),
+    "bad-last-trial": (
+        _bad_last_trial,
+        "experiment 'other' v1, trial 'ffffffffffffffffffffffffffffffff': Given status `exploded` not one of",
+    ),
 }
 
 
@@ -402,10 +428,9 @@ def test_orion_continues_an_exported_experiment(source, occupied_url, tmp_path, 
     exported = tmp_path / "exported.pkl"
     assert run(capsys, "export", exported, "--url", occupied_url)[0] == 0
 
-    client = build_experiment("quad", storage=legacy(exported), executor=SingleExecutor(), max_broken=100)
+    before = {trial["id"] for trial in read_pickleddb(exported)["trials"]}
+    client = run_experiment("quad", legacy(exported), quad, 2, max_broken=100)
     assert client.version == 2
-    before = {trial.id for trial in client.fetch_trials()}
-    client.workon(quad, max_trials_per_worker=2, max_broken=100)
     client.close()
 
     documents = read_pickleddb(exported)
@@ -423,7 +448,9 @@ def test_export_refuses_a_non_empty_destination_without_force(database_url, tmp_
     destination.write_bytes(b"precious")
     code, _, err = run(capsys, "export", destination, "--url", database_url)
     assert code == 1
-    assert err.splitlines() == [f"orion-sql: error: {destination} exists and is not empty; use -f/--force to replace it"]
+    assert err.splitlines() == [
+        f"orion-sql: error: {destination} exists and is not empty; use -f/--force to replace it"
+    ]
     assert destination.read_bytes() == b"precious"
 
     code, _, err = run(capsys, "export", destination, "--force", "--url", database_url)
@@ -437,7 +464,9 @@ def test_export_refuses_a_non_empty_destination_without_force(database_url, tmp_
     [("missing/out.pkl", "cannot write {path}: the folder {folder} does not exist"), (".", "{path} is a folder")],
     ids=["no-folder", "a-folder"],
 )
-def test_export_to_a_path_that_cannot_be_written_fails_in_one_line(database_url, tmp_path, monkeypatch, capsys, destination, message):
+def test_export_to_a_path_that_cannot_be_written_fails_in_one_line(
+    database_url, tmp_path, monkeypatch, capsys, destination, message
+):
     folder = tmp_path / "exports"
     folder.mkdir()
     monkeypatch.chdir(folder)

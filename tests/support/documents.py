@@ -40,7 +40,7 @@ def new_experiment(storage, name="exp", version=1, **fields) -> dict:
 
 def same_database(storage) -> SQL:
     """Another storage object on the same database: another worker's view."""
-    return SQL(uri=storage._db.url.render_as_string(hide_password=False))
+    return SQL(uri=storage.database.url.render_as_string(hide_password=False))
 
 
 def experiment_of(storage, config: dict) -> Experiment:

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import math
 
-import pytest
-from orion.client import build_experiment
-from orion.client.runner import prepare_trial_working_dir
-from orion.executor.single_backend import SingleExecutor
+from support.orion_runs import run_experiment, run_trials
 
 MLP_SPACE = {
     "lr": "loguniform(1e-4, 1)",
@@ -27,6 +24,7 @@ MLP_SPACE = {
     "optimizer": "choices(['adam', 'sgd'])",
 }
 SVM_SPACE = {"C": "loguniform(1e-2, 1e2)", "kernel": "choices(['rbf', 'linear', 'poly'])"}
+MAX_BROKEN = 1000  # broken trials are part of what the analytics find
 
 
 class Diverged(RuntimeError):
@@ -49,51 +47,24 @@ def svm(C, kernel):
     return [{"name": "error", "type": "objective", "value": abs(math.log10(C) - 1) / 10 + (kernel == "rbf") * 0.05}]
 
 
-def recording_worker(name):
-    """A `prepare_trial` hook that records which worker ran the trial."""
-
-    def prepare(client, trial):
-        prepare_trial_working_dir(client, trial)
-        trial.worker = name  # what push_trial_results writes back
-        client.storage.update_trial(trial, worker=name)  # what a broken trial keeps
-
-    return prepare
-
-
-def _experiment(user, name, **config):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("LOGNAME", user)  # Oríon's metadata.user is getpass.getuser()
-        return build_experiment(name, executor=SingleExecutor(), max_broken=1000, **config)
-
-
-def _work(client, fct, worker, trials):
-    client.workon(fct, max_trials_per_worker=trials, max_broken=1000, prepare_trial=recording_worker(worker))
-
-
 def fill(url: str) -> None:
     """Run the experiments described above on the database at `url`."""
     storage = {"type": "sql", "uri": url}
+    common = {"max_trials": 40, "max_broken": MAX_BROKEN}
+    with_dropout = {**MLP_SPACE, "dropout": "uniform(0, 0.5, default_value=0.0)"}
 
-    v1 = _experiment("alice", "mlp", space=MLP_SPACE, algorithm={"random": {"seed": 1}}, max_trials=40, storage=storage)
-    _work(v1, mlp, "node-a", 6)
-    _work(v1, mlp, "node-b", 5)
-
-    v2 = _experiment(
-        "alice", "mlp", space={**MLP_SPACE, "dropout": "uniform(0, 0.5, default_value=0.0)"},
-        algorithm={"random": {"seed": 2}}, max_trials=40, storage=storage, branching={"enable": True},
+    v1 = run_experiment("mlp", storage, mlp, 6, user="alice", worker="node-a", space=MLP_SPACE,
+                        algorithm={"random": {"seed": 1}}, **common)
+    run_trials(v1, mlp, 5, worker="node-b")
+    v2 = run_experiment("mlp", storage, mlp, 3, user="alice", worker="node-a", space=with_dropout,
+                        algorithm={"random": {"seed": 2}}, branching={"enable": True}, **common)
+    wide = run_experiment(
+        "mlp", storage, mlp, 2, user="alice", worker="node-b",
+        space={**with_dropout, "layers": "uniform(1, 8, discrete=True)"}, algorithm={"random": {"seed": 2}},
+        branching={"enable": True, "branch_to": "mlp-wide"}, **common,
     )
-    _work(v2, mlp, "node-a", 3)
-
-    wide = _experiment(
-        "alice", "mlp", space={**MLP_SPACE, "dropout": "uniform(0, 0.5, default_value=0.0)",
-                               "layers": "uniform(1, 8, discrete=True)"},
-        algorithm={"random": {"seed": 2}}, max_trials=40, storage=storage,
-        branching={"enable": True, "branch_to": "mlp-wide"},
-    )
-    _work(wide, mlp, "node-b", 2)
-
-    other = _experiment("bob", "svm", space=SVM_SPACE, algorithm={"random": {"seed": 3}}, max_trials=40, storage=storage)
-    _work(other, svm, "node-c", 4)
+    other = run_experiment("svm", storage, svm, 4, user="bob", worker="node-c", space=SVM_SPACE,
+                           algorithm={"random": {"seed": 3}}, **common)
     other.release(other.suggest(), status="interrupted")
 
     for client in (v1, v2, wide, other):
@@ -102,7 +73,6 @@ def fill(url: str) -> None:
 
 def fill_one_experiment(url: str) -> None:
     """A smaller run: ``mlp`` v1 only, a few trials by one worker."""
-    client = _experiment("alice", "mlp", space=MLP_SPACE, algorithm={"random": {"seed": 1}},
-                         max_trials=40, storage={"type": "sql", "uri": url})
-    _work(client, mlp, "node-a", 3)
+    client = run_experiment("mlp", {"type": "sql", "uri": url}, mlp, 3, worker="node-a", user="alice",
+                            space=MLP_SPACE, algorithm={"random": {"seed": 1}}, max_trials=40, max_broken=MAX_BROKEN)
     client.close()

@@ -19,9 +19,11 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from support.orion_runs import run_experiment
+
 SPACE = {"x": "uniform(0, 1)", "n": "uniform(1, 5, discrete=True)", "kind": "choices(['a', 'b'])"}
 ALGORITHM = {"random": {"seed": 1}}
-MAX_TRIALS = 20  # the experiment's; each run stops earlier with workon(max_trials=...)
+MAX_TRIALS = 20  # the experiment's; each run stops earlier (its `trials`)
 
 
 def objective(x, n, kind):
@@ -32,12 +34,10 @@ def objective(x, n, kind):
     ]
 
 
-def build(name: str, storage):
-    """Oríon's client for the experiment `name` (created with the SPACE if new) in
-    `storage`, a configuration dict or a storage object."""
-    from orion.client import build_experiment
-
-    return build_experiment(name, space=SPACE, algorithm=ALGORITHM, max_trials=MAX_TRIALS, storage=storage)
+def run(name: str, storage, trials: int):
+    """Run `trials` trials of the experiment `name` (created with the SPACE if new) on
+    `storage`, a configuration dict or a storage object; returns Oríon's client."""
+    return run_experiment(name, storage, objective, trials, space=SPACE, algorithm=ALGORITHM, max_trials=MAX_TRIALS)
 
 
 @dataclasses.dataclass
@@ -49,10 +49,9 @@ class OrionRecord:
     algorithm_state: Any
 
     @classmethod
-    def run(cls, name: str, trials: int) -> "OrionRecord":
+    def run(cls, name: str, trials: int) -> OrionRecord:
         """Run `trials` trials of a new experiment `name` in memory and record them."""
-        client = build(name, {"type": "legacy", "database": {"type": "EphemeralDB"}})
-        client.workon(objective, max_trials=trials)
+        client = run(name, {"type": "legacy", "database": {"type": "EphemeralDB"}}, trials)
         storage = client._experiment._storage  # the in-memory store this client wrote to
         (document,) = storage.fetch_experiments({"name": name})
         state = storage.get_algorithm_lock_info(uid=document["_id"]).state
@@ -62,7 +61,7 @@ class OrionRecord:
             algorithm_state=state,
         )
 
-    def renamed(self, name: str) -> "OrionRecord":
+    def renamed(self, name: str) -> OrionRecord:
         return dataclasses.replace(self, experiment={**copy.deepcopy(self.experiment), "name": name})
 
     @property

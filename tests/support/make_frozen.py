@@ -1,11 +1,11 @@
 """Freeze a SQLite database at a schema revision, for tests/test_schema.py.
 
-    .venv/bin/python tests/frozen/make_frozen.py [REVISION]    (default: the head)
+    cd tests && ../.venv/bin/python -m support.make_frozen [REVISION]    (default: the head)
 
 Creates tests/frozen/<REVISION>.sqlite: an empty file upgraded to REVISION that
 holds a small real Oríon experiment (EXPERIMENT, TRIALS completed trials). At the
 head, Oríon runs on the sql storage itself; at an older revision, Oríon runs in
-memory and the revision's writer (revision_writers.WRITERS) stores the result
+memory and the revision's writer (support.revision_writers.WRITERS) stores the result
 with that revision's SQL. Run it when a revision is released; a frozen file is
 what that release wrote, so it is never remade.
 """
@@ -23,11 +23,9 @@ from orion_sql import SQL
 from orion_sql.database import Database
 from orion_sql.location import sqlite_url
 from orion_sql.schema import head_revision, revisions, upgrade
+from support.revision_writers import WRITERS, OrionRecord, run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, as pytest puts it
-from frozen.revision_writers import WRITERS, OrionRecord, build, objective  # noqa: E402
-
-FROZEN_DIR = Path(__file__).resolve().parent
+FROZEN_DIR = Path(__file__).resolve().parents[1] / "frozen"
 EXPERIMENT = "frozen"
 TRIALS = 3
 
@@ -43,7 +41,7 @@ def freeze(revision: str, path: Path) -> None:
     upgrade(database, revision)
     if revision == head_revision():
         storage = SQL(uri=url)
-        build(EXPERIMENT, storage).workon(objective, max_trials=TRIALS)
+        run(EXPERIMENT, storage, TRIALS).close()
         storage.close()  # its connections would keep the file in WAL mode
     else:
         with database.transaction(write=True) as conn:
