@@ -1,13 +1,16 @@
 # The two commands of the README:
 #   make demo   an Oríon experiment stored in the embedded SQLite default, then what it stored
-#   make test   everything set up, the whole test suite, PostgreSQL included
+#   make test   everything set up, lint and types, the whole test suite, PostgreSQL included (what CI runs)
+# and the developer's loop:
+#   make test-fast   every test but the slow ones (real Oríon runs, processes, large tables)
+#   make lint        ruff (style, import order) and mypy (types), configured in pyproject.toml
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # pip 26.3 refuses Oríon 0.2.7's sdist (it declares a git URL for its `track` extra).
 PIP_PIN := pip>=23,<26.3
 
-.PHONY: demo test postgresql pgbouncer benchmarks clean
+.PHONY: demo test test-fast lint postgresql pgbouncer benchmarks clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +27,15 @@ postgresql:
 pgbouncer:
 	.ci/ensure-pgbouncer
 
-test: $(BIN)/activate postgresql pgbouncer
+lint: $(BIN)/activate
+	$(BIN)/ruff check orion_sql migrations tests benchmarks examples
+	$(BIN)/mypy
+
+test: lint postgresql pgbouncer
 	ORION_SQL_REQUIRE_POSTGRESQL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(BIN)/activate postgresql pgbouncer
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 benchmarks: $(BIN)/activate postgresql
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
@@ -33,4 +43,4 @@ benchmarks: $(BIN)/activate postgresql
 	$(BIN)/python benchmarks/workon_throughput.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -17,7 +17,8 @@ import queue
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import psycopg
 from sqlalchemy.engine import make_url

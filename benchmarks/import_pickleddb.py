@@ -19,6 +19,7 @@ import random
 import sys
 import time
 
+import common
 from orion.core.io.database.pickleddb import PickledDB
 from orion.core.worker.trial import Trial
 from orion.storage.legacy import Legacy
@@ -26,7 +27,6 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from tabulate import tabulate
 
-import common
 from orion_sql.cli import main
 from orion_sql.database import Database
 from orion_sql.legacy_db import read_source
@@ -86,8 +86,17 @@ def generate(path: str, experiments: int, trials_per_experiment: int) -> None:
     with PickledDB(host=path).locked_database() as database:
         for version in range(1, experiments + 1):
             database.write("experiments", experiment_document(version))
-            database.write("algo", {"_id": version, "experiment": version, "configuration": {"random": {"seed": version}},
-                                    "locked": 0, "state": pickle.dumps({"rng_state": rng.getstate()}), "heartbeat": START})
+            database.write(
+                "algo",
+                {
+                    "_id": version,
+                    "experiment": version,
+                    "configuration": {"random": {"seed": version}},
+                    "locked": 0,
+                    "state": pickle.dumps({"rng_state": rng.getstate()}),
+                    "heartbeat": START,
+                },
+            )
             first = (version - 1) * trials_per_experiment
             database.write("trials", [trial_document(rng, version, number, first + number + 1)
                                       for number in range(trials_per_experiment)])
@@ -138,7 +147,10 @@ def run() -> None:
             rows.append(measure(source, url, folder, "postgresql", total))
     print(f"\n{total:,} trials ({experiments} experiments x {per_experiment:,}; 3 params and 2 results each), "
           f"PickledDB file {size:.1f} MiB")
-    print(f"generating it with Oríon's PickledDB API: {generated:.1f} s; reading it back (unpickle + documents): {read:.1f} s")
+    print(
+        f"generating it with Oríon's PickledDB API: {generated:.1f} s; "
+        f"reading it back (unpickle + documents): {read:.1f} s"
+    )
     print(tabulate([{key: (f"{value:.1f} s" if isinstance(value, float) else value) for key, value in row.items()}
                     for row in rows], headers="keys"))
     print(common.machine_note())

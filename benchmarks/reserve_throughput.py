@@ -22,6 +22,7 @@ import datetime
 import sys
 import time
 
+import common
 import psycopg
 from orion.algo.space import Space
 from orion.core.worker.experiment import Experiment
@@ -30,7 +31,6 @@ from orion.storage.legacy import Legacy
 from sqlalchemy import insert, select
 from tabulate import tabulate
 
-import common
 from orion_sql import SQL
 from orion_sql.models import ParamRow, TrialRow
 
@@ -78,7 +78,9 @@ def fill_sql(storage: SQL, name: str, count: int):
             insert(TrialRow.__table__),
             [{"experiment_id": config["_id"], "hash": t.id, "status": "new", "submit_time": SUBMITTED} for t in made],
         )
-        ids = dict(conn.execute(select(TrialRow.hash, TrialRow.id).where(TrialRow.experiment_id == config["_id"])).all())
+        ids = dict(
+            conn.execute(select(TrialRow.hash, TrialRow.id).where(TrialRow.experiment_id == config["_id"])).all()
+        )
         rows = [
             {"trial_id": ids[t.id], "position": position, "numeric_value": float(param["value"]), **param}
             for t in made
@@ -182,7 +184,12 @@ def main() -> None:
     print(note)
     payload = {"trials": trials, "seconds": seconds, "rates": rates, "note": note}
     print("saved", common.save(args.out, "reserve_throughput", payload))
-    print("saved", common.plot(args.out, "reserve_throughput", "Reserve+complete pairs/s", "pairs per second", rates, note, log=True))
+    print(
+        "saved",
+        common.plot(
+            args.out, "reserve_throughput", "Reserve+complete pairs/s", "pairs per second", rates, note, log=True
+        ),
+    )
 
 
 if __name__ == "__main__":

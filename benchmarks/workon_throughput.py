@@ -21,11 +21,11 @@ from __future__ import annotations
 import logging
 import sys
 
+import common
 from orion.client import create_experiment
 from orion.executor.single_backend import SingleExecutor
 from tabulate import tabulate
 
-import common
 from orion_sql import SQL
 
 WORKERS = [1, 2, 4]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -25,7 +27,7 @@ from orion_sql.location import sqlite_url
 from orion_sql.schema import ensure_schema
 from support import DIALECTS
 
-PG = {
+PG: dict[str, Any] = {
     "host": os.environ.get("ORION_SQL_TEST_PG_HOST", "127.0.0.1"),
     "port": int(os.environ.get("ORION_SQL_TEST_PG_PORT", "5432")),
     "user": os.environ.get("ORION_SQL_TEST_PG_USER", "postgres"),
@@ -43,17 +45,20 @@ def _server_answers() -> bool:
 
 def _migrate_template(host, port, user, dbname, password=None, **_):
     """Bring the template database to head once; every test database is cloned from it."""
-    url = URL.create("postgresql+psycopg", username=user, password=password or None, host=host, port=port, database=dbname)
+    url = URL.create(
+        "postgresql+psycopg", username=user, password=password or None, host=host, port=port, database=dbname
+    )
     database = Database(url)
     ensure_schema(database)
     database.dispose()
 
 
 _DBNAME = f"orion_sql_test_{os.getpid()}"
-if _server_answers():
-    postgresql_server = factories.postgresql_noproc(dbname=_DBNAME, load=[_migrate_template], **PG)
-else:
-    postgresql_server = factories.postgresql_proc(dbname=_DBNAME, load=[_migrate_template])
+postgresql_server = (
+    factories.postgresql_noproc(dbname=_DBNAME, load=[_migrate_template], **PG)
+    if _server_answers()
+    else factories.postgresql_proc(dbname=_DBNAME, load=[_migrate_template])
+)
 postgresql = factories.postgresql("postgresql_server")
 
 
@@ -110,7 +115,7 @@ _empty_database_numbers = itertools.count()
 
 
 @pytest.fixture(params=DIALECTS)
-def empty_url(request, tmp_path) -> str:
+def empty_url(request, tmp_path) -> Iterator[str]:
     """A database with nothing in it (no orion_sql schema), once on each dialect."""
     if request.param == "sqlite":
         yield str(sqlite_url(str(tmp_path / "empty.sqlite")))
@@ -129,7 +134,7 @@ def empty_url(request, tmp_path) -> str:
 
 # --- CI guard: PostgreSQL tests must have run ------------------------------------
 
-_passed_postgresql_tests = []
+_passed_postgresql_tests: list[str] = []
 
 
 def pytest_runtest_logreport(report):

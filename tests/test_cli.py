@@ -16,14 +16,16 @@ from sqlalchemy.engine import URL, make_url
 
 from orion_sql import __version__
 from orion_sql.cli import main
+from orion_sql.database import Database
 from orion_sql.location import DEFAULT_SQLITE_PATH, configured_url, sqlite_url
 from orion_sql.schema import downgrade, head_revision, revisions
-from orion_sql.database import Database
 from support.schema import FUTURE_REVISION, revision_of, stamp, table_names
 
 ORION_SQL = str(Path(sys.executable).with_name("orion-sql"))  # the console script of this environment
 PASSWORD = "s3cret-Pa55"
-UNREACHABLE = URL.create("postgresql+psycopg", username="orion", password=PASSWORD, host="127.0.0.1", port=1, database="orion")
+UNREACHABLE = URL.create(
+    "postgresql+psycopg", username="orion", password=PASSWORD, host="127.0.0.1", port=1, database="orion"
+)
 
 
 def run(monkeypatch, capsys, *args: str, answers: str | None = None) -> tuple[int, str, str]:
@@ -65,7 +67,9 @@ def test_upgrade_refused_at_the_prompt_leaves_the_database_untouched(empty_url, 
 def test_upgrade_without_an_answer_on_stdin_fails_and_leaves_the_database_untouched(empty_url, monkeypatch, capsys):
     code, _, err = run(monkeypatch, capsys, "upgrade", "--url", empty_url, answers="")
     assert code == 1
-    assert err.splitlines() == ["orion-sql: error: no answer on standard input; use -f/--force to proceed without asking"]
+    assert err.splitlines() == [
+        "orion-sql: error: no answer on standard input; use -f/--force to proceed without asking"
+    ]
     assert table_names(empty_url) == set()
 
 
@@ -182,11 +186,16 @@ def _config_file(tmp_path, text: str) -> str:
 
 def test_the_database_is_found_as_the_storage_finds_it(tmp_path, monkeypatch):
     """--url, else the config file's storage.database.host, else ORION_DB_ADDRESS, else the default."""
-    config = _config_file(tmp_path, f"experiment:\n  max_trials: 5\nstorage:\n  type: sql\n  database:\n    host: {tmp_path / 'c.sqlite'}\n")
+    config = _config_file(
+        tmp_path,
+        f"experiment:\n  max_trials: 5\nstorage:\n  type: sql\n  database:\n    host: {tmp_path / 'c.sqlite'}\n",
+    )
     monkeypatch.setenv("ORION_DB_ADDRESS", str(tmp_path / "env.sqlite"))
     assert configured_url(str(tmp_path / "u.sqlite"), config) == sqlite_url(str(tmp_path / "u.sqlite"))
     assert configured_url(None, config) == sqlite_url(str(tmp_path / "c.sqlite"))
-    assert configured_url(None, _config_file(tmp_path, "storage:\n  type: sql\n")) == sqlite_url(str(tmp_path / "env.sqlite"))
+    assert configured_url(None, _config_file(tmp_path, "storage:\n  type: sql\n")) == sqlite_url(
+        str(tmp_path / "env.sqlite")
+    )
     assert configured_url() == sqlite_url(str(tmp_path / "env.sqlite"))
     monkeypatch.delenv("ORION_DB_ADDRESS")
     assert configured_url() == sqlite_url(DEFAULT_SQLITE_PATH)
@@ -206,7 +215,10 @@ def test_upgrade_with_a_config_file(tmp_path, empty_url, monkeypatch, capsys):
     [
         ("storage:\n  type: legacy\n", "storage.type is 'legacy'"),
         ("storage:\n  type: sql\n  uri: x.sqlite\n", "storage.uri is not read by Oríon's command line"),
-        ("storage:\n  database:\n    type: mongodb\n", "storage.database.type='mongodb' is not used by the sql storage"),
+        (
+            "storage:\n  database:\n    type: mongodb\n",
+            "storage.database.type='mongodb' is not used by the sql storage",
+        ),
         ("storage: [1\n", "is not valid YAML"),
         ("storage: 3\n", "storage must be a mapping"),
     ],
@@ -233,7 +245,13 @@ BAD_URLS = {
 @pytest.mark.parametrize("command", ["upgrade", "current", "downgrade"])
 @pytest.mark.parametrize("url", BAD_URLS.values(), ids=BAD_URLS.keys())
 def test_a_bad_url_fails_in_one_clear_line_without_the_password(url, command, monkeypatch, capsys):
-    args = [command, "--url", url, *(["base"] if command == "downgrade" else []), *(["-f"] if command != "current" else [])]
+    args = [
+        command,
+        "--url",
+        url,
+        *(["base"] if command == "downgrade" else []),
+        *(["-f"] if command != "current" else []),
+    ]
     code, out, err = run(monkeypatch, capsys, *args)
     assert code == 1
     (line,) = err.splitlines()

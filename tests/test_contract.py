@@ -18,7 +18,9 @@ from support.documents import new_experiment
 # --- the protocol as a whole --------------------------------------------------------
 
 PROTOCOL_METHODS = sorted(
-    name for name, member in vars(BaseStorageProtocol).items() if inspect.isfunction(member) and not name.startswith("_")
+    name
+    for name, member in vars(BaseStorageProtocol).items()
+    if inspect.isfunction(member) and not name.startswith("_")
 )
 
 

@@ -53,7 +53,15 @@ def test_create_experiment_and_read_it_back_exactly(storage):
             "orion_version": "0.2.7",
             "user_args": ["./train.py", "--lr~loguniform(1e-5, 1)"],
             "VCS": {},
-            "nested": {"deeper": {"tiny": 1e-300, "pi": 3.141592653589793, "one": 1.0, "minus_inf": float("-inf"), "big_int": 2**62}},
+            "nested": {
+                "deeper": {
+                    "tiny": 1e-300,
+                    "pi": 3.141592653589793,
+                    "one": 1.0,
+                    "minus_inf": float("-inf"),
+                    "big_int": 2**62,
+                }
+            },
         },
         "refers": {"parent_id": None, "root_id": None, "adapter": []},
         "knowledge_base": None,
@@ -79,7 +87,9 @@ def test_create_experiment_and_read_it_back_exactly(storage):
 
 def test_fetch_experiments_filters(storage):
     first = new_experiment(storage, "a")
-    second = new_experiment(storage, "a", version=2, refers={"parent_id": first["_id"], "root_id": first["_id"], "adapter": []})
+    second = new_experiment(
+        storage, "a", version=2, refers={"parent_id": first["_id"], "root_id": first["_id"], "adapter": []}
+    )
     third = new_experiment(storage, "b", metadata={"user": "alice", "datetime": T0 + datetime.timedelta(days=1)})
 
     def names(query):
@@ -158,7 +168,11 @@ def test_experiment_identity_errors(storage):
         storage.create_experiment({"name": "c", "version": 1, "_id": "c"})  # ids are integers
     with pytest.raises(ValueError, match="name"):
         storage.create_experiment({"version": 1})
-    assert [(doc["name"], doc["version"]) for doc in storage.fetch_experiments({})] == [("exp", 1), ("exp", 2), ("b", 1)]
+    assert [(doc["name"], doc["version"]) for doc in storage.fetch_experiments({})] == [
+        ("exp", 1),
+        ("exp", 2),
+        ("b", 1),
+    ]
 
 
 def test_explicit_experiment_ids_are_kept_and_later_ids_do_not_collide(storage):

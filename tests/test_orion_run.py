@@ -10,7 +10,12 @@ import math
 import pytest
 from orion.client import create_experiment
 
-SPACE = {"x": "uniform(-5, 5)", "y": "loguniform(1e-3, 10)", "opt": "choices(['adam', 'sgd'])", "n": "uniform(1, 100, discrete=True)"}
+SPACE = {
+    "x": "uniform(-5, 5)",
+    "y": "loguniform(1e-3, 10)",
+    "opt": "choices(['adam', 'sgd'])",
+    "n": "uniform(1, 100, discrete=True)",
+}
 
 
 def objective(x, y, opt, n):

@@ -87,7 +87,9 @@ def test_the_wheel_carries_every_module_and_migration(wheel):
 
 def test_the_installed_package_is_not_the_checkout(installed):
     bin_dir, elsewhere = installed
-    done = _run(bin_dir / "python", "-c", "import orion_sql.migrations; print(orion_sql.migrations.__file__)", cwd=elsewhere)
+    done = _run(
+        bin_dir / "python", "-c", "import orion_sql.migrations; print(orion_sql.migrations.__file__)", cwd=elsewhere
+    )
     location = Path(done.stdout.strip())
     assert location.is_relative_to(bin_dir.parent), location
     assert not location.is_relative_to(REPOSITORY)

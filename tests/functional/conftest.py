@@ -13,8 +13,8 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import pytest
 import yaml
@@ -50,6 +50,7 @@ class OrionCLI:
         self.blackbox = str(shutil.copy(BLACKBOX, tmp_path / "blackbox.py"))
         self.config = tmp_path / "orion_config.yaml"
         self.config.write_text(yaml.safe_dump({"storage": {"type": "sql", "database": {"host": database_url}}}))
+        self._answers: dict[subprocess.Popen[str], str | None] = {}
         self.home = home = tmp_path / "home"
         isolated = {
             "HOME": str(home),
@@ -61,8 +62,8 @@ class OrionCLI:
         inherited = {key: value for key, value in os.environ.items() if not key.startswith("ORION_")}
         # The environment gives a SQLite database as a plain path, the config file as a URL:
         # both forms of storage.database.host get used.
-        address = make_url(database_url).database if database_url.startswith("sqlite") else database_url
-        self._environments = {
+        address = str(make_url(database_url).database) if database_url.startswith("sqlite") else database_url
+        self._environments: dict[str, dict[str, str]] = {
             "file": {**inherited, **isolated},
             "env": {**inherited, **isolated, "ORION_STORAGE_TYPE": "sql", "ORION_DB_ADDRESS": address},
             "home": {**inherited, **isolated},
@@ -72,18 +73,20 @@ class OrionCLI:
         """PickledDB files in the isolated home: where a command that ignored the sql storage wrote."""
         return sorted(self.home.rglob("orion_db.pkl"))
 
-    def script(self, *priors: str, blackbox: Optional[str] = None) -> list[str]:
+    def script(self, *priors: str, blackbox: str | None = None) -> list[str]:
         """The user command `orion hunt` runs: the black box with these priors."""
         return [sys.executable, blackbox or self.blackbox, *priors]
 
-    def start(self, *args: str, via: str = "env", stdin: Optional[str] = None, program: str = ORION) -> subprocess.Popen:
+    def start(
+        self, *args: str, via: str = "env", stdin: str | None = None, program: str = ORION
+    ) -> subprocess.Popen[str]:
         """Start `orion *args` (or another `program`); with via="file", ``-c <config>`` follows the (sub)command."""
-        args = list(args)
+        command = list(args)
         if via == "file":
-            position = 2 if args[0] == "db" else 1
-            args[position:position] = ["-c", str(self.config)]
+            position = 2 if command[0] == "db" else 1
+            command[position:position] = ["-c", str(self.config)]
         process = subprocess.Popen(
-            [program, *args],
+            [program, *command],
             cwd=self.cwd,
             env=self._environments[via],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -91,10 +94,12 @@ class OrionCLI:
             stderr=subprocess.PIPE,
             text=True,
         )
-        process.answers = stdin  # what `wait` types in
+        self._answers[process] = stdin  # what `wait` types in
         return process
 
-    def run(self, *args: str, via: str = "env", check: bool = True, program: str = ORION) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, via: str = "env", check: bool = True, program: str = ORION
+    ) -> subprocess.CompletedProcess:
         """Run `orion *args` (or `program`) to its end; fails the test on a non-zero exit when `check`."""
         return self.wait(self.start(*args, via=via, program=program), check=check)
 
@@ -103,13 +108,13 @@ class OrionCLI:
         processes = [self.start(*command, via=via) for command in commands]
         return [self.wait(process) for process in processes]
 
-    def wait(self, process: subprocess.Popen, check: bool = True) -> subprocess.CompletedProcess:
+    def wait(self, process: subprocess.Popen[str], check: bool = True) -> subprocess.CompletedProcess:
         try:
-            stdout, stderr = process.communicate(process.answers, timeout=COMMAND_TIMEOUT_SECONDS)
+            stdout, stderr = process.communicate(self._answers.pop(process), timeout=COMMAND_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             stdout, stderr = process.communicate()
-            pytest.fail(f"{process.args} did not finish in {COMMAND_TIMEOUT_SECONDS}s:\n{stdout}\n{stderr}")
+            pytest.fail(f"{process.args!r} did not finish in {COMMAND_TIMEOUT_SECONDS}s:\n{stdout}\n{stderr}")
         result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         if check and result.returncode != 0:
             pytest.fail(f"{result.args} exited with {result.returncode}:\n{stdout}\n{stderr}")
@@ -117,7 +122,7 @@ class OrionCLI:
 
 
 @pytest.fixture
-def orion_cli(tmp_path, database_url) -> OrionCLI:
+def orion_cli(tmp_path, database_url) -> Iterator[OrionCLI]:
     """Oríon's CLI on a fresh database (once per dialect); checks nothing reached PickledDB."""
     cli = OrionCLI(tmp_path, database_url)
     yield cli
@@ -182,7 +187,11 @@ class Rows:
                 "added": set(new) - set(old),
                 "removed": set(old) - set(new),
                 "changed": {
-                    key: {column: (old[key][column], new[key][column]) for column in old[key] if old[key][column] != new[key][column]}
+                    key: {
+                        column: (old[key][column], new[key][column])
+                        for column in old[key]
+                        if old[key][column] != new[key][column]
+                    }
                     for key in set(old) & set(new)
                     if old[key] != new[key]
                 },

@@ -60,7 +60,16 @@ def test_create_suggest_observe_insert_and_fetch(storage_config, sql_storage):
     assert client.fetch_pending_trials() == []
 
     frame = client.to_pandas()
-    assert list(frame.columns) == ["id", "experiment_id", "status", "suggested", "reserved", "completed", "objective", "x"]
+    assert list(frame.columns) == [
+        "id",
+        "experiment_id",
+        "status",
+        "suggested",
+        "reserved",
+        "completed",
+        "objective",
+        "x",
+    ]
     expected = {
         trial.id: (client.id, trial.status, trial.objective.value if trial.objective else None, trial.params["x"])
         for trial in sql_storage.fetch_trials(uid=client.id)

@@ -15,14 +15,19 @@ REPETITIONS = 2
 
 def test_get_or_create_benchmark_stores_finds_and_runs(sql_storage):
     targets = [{"assess": [AverageResult(REPETITIONS)], "task": [RosenBrock(max_trials=MAX_TRIALS, dim=2)]}]
-    created = get_or_create_benchmark(sql_storage, "bench", algorithms=["random"], targets=targets, executor=SingleExecutor())
+    created = get_or_create_benchmark(
+        sql_storage, "bench", algorithms=["random"], targets=targets, executor=SingleExecutor()
+    )
 
     # Oríon 0.2.7 never gives a Benchmark its id (created.id stays None, on PickledDB too).
     (document,) = sql_storage.fetch_benchmark({"name": "bench"})
     assert isinstance(document.pop("_id"), int)
     assert document == created.configuration
     assert created.configuration["targets"] == [
-        {"assess": {"AverageResult": {"repetitions": REPETITIONS}}, "task": {"RosenBrock": {"max_trials": MAX_TRIALS, "dim": 2}}}
+        {
+            "assess": {"AverageResult": {"repetitions": REPETITIONS}},
+            "task": {"RosenBrock": {"max_trials": MAX_TRIALS, "dim": 2}},
+        }
     ]
 
     created.process()

@@ -12,7 +12,7 @@ import pytest
 from orion.client import build_experiment
 from sqlalchemy import update
 
-from orion_sql.models import AlgoLockRow
+from orion_sql.models import AlgoLockRow, algo_locks
 
 pytestmark = [pytest.mark.functional, pytest.mark.slow]
 
@@ -21,7 +21,11 @@ SPACES = {
     2: {"x": "uniform(0, 1)", "y": "uniform(0, 1, default_value=0.5)"},
     3: {"x": "uniform(0, 1)", "y": "uniform(0, 1, default_value=0.5)", "z": "uniform(0, 1, default_value=0.5)"},
 }
-STATUSES = {1: ["completed", "broken", "interrupted"], 2: ["completed", "broken", "interrupted"], 3: ["completed", "broken", "new"]}
+STATUSES = {
+    1: ["completed", "broken", "interrupted"],
+    2: ["completed", "broken", "interrupted"],
+    3: ["completed", "broken", "new"],
+}
 
 
 def add_trials(client, storage, statuses, space) -> dict[str, object]:
@@ -184,7 +188,7 @@ def _leave_stale_lock(rows, experiment_id) -> None:
     long_ago = datetime.datetime(2000, 1, 1)
     with rows.database.transaction(write=True) as conn:
         conn.execute(
-            update(AlgoLockRow.__table__)
+            update(algo_locks)
             .where(AlgoLockRow.experiment_id == experiment_id)
             .values(locked=True, owner="dead-host:1:00000000", heartbeat=long_ago)
         )

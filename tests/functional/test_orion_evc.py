@@ -1,9 +1,12 @@
-"""The experiment version control on the sql storage: branching by `orion hunt`, the tree in `orion status`/`orion list`."""
+"""The experiment version control on the sql storage: branching by `orion hunt`,
+the tree in `orion status`/`orion list`."""
+
 from __future__ import annotations
 
 import collections
 import re
 import shutil
+from typing import Any
 
 import pytest
 from orion.client import get_experiment
@@ -17,7 +20,8 @@ TRIAL_LINE = re.compile(r"^\s*([0-9a-f]{32})\s+(\w+)\s+(\S+)\s*$")
 
 def parse_status_blocks(output: str) -> dict[str, dict]:
     """`orion status` output as {experiment title: {"offset": indent, "lines": [table rows]}}."""
-    blocks, title = {}, None
+    blocks: dict[str, dict[str, Any]] = {}
+    title = None
     lines = output.splitlines()
     for line, underline in zip(lines, lines[1:] + [""]):
         stripped = line.strip()
@@ -36,7 +40,13 @@ def shown(value: float) -> str:
 
 def trials_shown(block: dict) -> dict[str, tuple[str, str]]:
     """The rows of an `orion status --all` table: {trial id: (status, objective)}."""
-    return {trial_id: (status, objective) for trial_id, status, objective in (TRIAL_LINE.match(line).groups() for line in block["lines"])}
+    rows = {}
+    for line in block["lines"]:
+        match = TRIAL_LINE.match(line)
+        assert match, f"not a trial row of `orion status`: {line!r}"
+        trial_id, status, objective = match.groups()
+        rows[trial_id] = (status, objective)
+    return rows
 
 
 def summary_shown(block: dict) -> dict[str, tuple[int, str]]:
@@ -57,7 +67,9 @@ def stored_summary(trials) -> dict[str, tuple[int, str]]:
     return {status: (len(values), shown(min(values))) for status, values in objectives.items()}
 
 
-def test_branching_by_space_and_script_then_status_and_list_show_the_tree(orion_cli, sql_storage, storage_config, tmp_path):
+def test_branching_by_space_and_script_then_status_and_list_show_the_tree(
+    orion_cli, sql_storage, storage_config, tmp_path
+):
     other_script = str(shutil.copy(orion_cli.blackbox, tmp_path / "blackbox_v3.py"))
     orion_cli.run("hunt", "-n", "evc", "--exp-max-trials", "3", *orion_cli.script(X_PRIOR))
     # Version 2: the space changes (a new dimension y, whose default adapts v1's trials).
@@ -83,7 +95,9 @@ def test_branching_by_space_and_script_then_status_and_list_show_the_tree(orion_
     # command line) sees only its own.
     v2_tree = experiments[2].fetch_trials(with_evc_tree=True)
     assert len(v2_tree) == len(own[1]) + len(own[2])
-    assert {(trial.params["/x"], 0) for trial in own[1]} <= {(trial.params["/x"], trial.params["/y"]) for trial in v2_tree}
+    assert {(trial.params["/x"], 0) for trial in own[1]} <= {
+        (trial.params["/x"], trial.params["/y"]) for trial in v2_tree
+    }
     assert {trial.id for trial in own[2]} <= {trial.id for trial in v2_tree}
     assert stored_table(experiments[3].fetch_trials(with_evc_tree=True)) == stored_table(own[3])
     assert {trial.id for trial in experiments[2].fetch_trials(with_evc_tree=False)} == {trial.id for trial in own[2]}
