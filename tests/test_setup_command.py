@@ -10,10 +10,10 @@ import stat
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
-from support.pgbouncer import free_port
 
 from orion_sql import setup_command
 from orion_sql.cli import main
+from support.pgbouncer import free_port
 
 PASSWORD = "s3cret-Pa55"
 
@@ -39,7 +39,7 @@ def written(config_file) -> dict:
 
 def host_of(url: str) -> str:
     parsed = make_url(url)
-    return parsed.database if parsed.get_backend_name() == "sqlite" else url
+    return str(parsed.database) if parsed.get_backend_name() == "sqlite" else url
 
 
 def test_unattended_writes_the_storage_section(database_url, config_file, monkeypatch, capsys):

@@ -13,16 +13,16 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from support.contents import database_contents
-from support.documents import make_trial, new_experiment
-from support.pgbouncer import free_port, pgbouncer
-from support.schema import table_names
 
 from orion_sql import SQL
 from orion_sql.checks import sqlite as sqlite_checks
 from orion_sql.cli import main
 from orion_sql.database import Database
 from orion_sql.schema import downgrade, revisions
+from support.contents import database_contents
+from support.documents import make_trial, new_experiment
+from support.pgbouncer import free_port, pgbouncer
+from support.schema import table_names
 
 ORION_SQL = str(Path(sys.executable).with_name("orion-sql"))
 PASSWORD = "s3cret-Pa55"

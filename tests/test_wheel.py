@@ -37,7 +37,9 @@ def _run(*command, cwd: Path, timeout: float = 900, home: Path | None = None) ->
         if key not in ("PYTHONPATH", "VIRTUAL_ENV", "ORION_DB_ADDRESS", "PYTHONHOME")
     }
     if home is not None:
-        environment.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local" / "share"))
+        environment.update(
+            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local" / "share")
+        )
     done = subprocess.run([str(part) for part in command], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"

@@ -13,14 +13,14 @@ def database_contents(url: str) -> dict:
         with engine.connect() as conn:
             metadata = sa.MetaData()
             metadata.reflect(conn)
-            contents = {
+            contents: dict[str, list] = {
                 table.name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(table)))
                 for table in metadata.sorted_tables
             }
             contents["views"] = sorted(sa.inspect(conn).get_view_names())
             if engine.dialect.name == "postgresql":
                 sequences = sa.text("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1")
-                contents["sequences"] = conn.execute(sequences).all()
+                contents["sequences"] = list(conn.execute(sequences).all())
             return contents
     finally:
         engine.dispose()
