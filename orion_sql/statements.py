@@ -22,6 +22,7 @@ from orion_sql.models import PENDING_STATUSES, ParamRow, ResultRow, TrialRow, re
 # lie and parent) and experiment select the row, so those are already equal.
 PUSHED_FIELDS = ("status", "worker", "exp_working_dir", "submit_time", "start_time", "end_time", "heartbeat")
 
+# Aliases are evaluated at import, where X | None needs Python 3.10: hence Optional.
 # Reservation: (connection, experiment id, worker name) -> the reserved trial's document, if any.
 Reserve = Callable[[Connection, int, str], Optional[dict]]
 # Completion: (connection, the completed trial) -> the trial's row id, None if it was not reserved.
