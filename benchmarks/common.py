@@ -32,10 +32,13 @@ CONTEXT.set_forkserver_preload(["__main__", "orion.client", "orion_sql"])
 _databases = itertools.count()
 
 
-def arguments(description: str) -> argparse.Namespace:
+def arguments(description: str, *extra: tuple[str, dict]) -> argparse.Namespace:
+    """The options every benchmark takes, plus `extra` ones: (flag, add_argument keywords)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test (noisier figures)")
     parser.add_argument("--out", default=RESULTS, help=f"folder for the plot and raw figures (default {RESULTS})")
+    for flag, options in extra:
+        parser.add_argument(flag, **options)
     return parser.parse_args()
 
 
