@@ -10,6 +10,8 @@ from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    FetchedValue,
     CheckConstraint,
     DateTime,
     Float,
@@ -107,6 +109,11 @@ class ExperimentRow(Base):
     username: Mapped[str | None] = mapped_column()  # metadata.user
     created_at: Mapped[datetime.datetime | None] = mapped_column()  # metadata.datetime
     document: Mapped[dict[str, Any]] = mapped_column()
+    # Change tracking for the trial cache (revision 0003; triggers keep them): random
+    # per experiment row, deletions of its trials, and (SQLite) changes of its trials.
+    incarnation: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+    trial_deletions: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+    trial_changes: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
 
 
 class TrialRow(Base):
@@ -117,6 +124,8 @@ class TrialRow(Base):
         UniqueConstraint("experiment_id", "hash"),
         # Reservation walks this index: oldest pending trial of one experiment, by id.
         Index(None, "experiment_id", "status", "id"),
+        # The trial cache asks for what changed since its last read.
+        Index(None, "experiment_id", "change_stamp"),
         CheckConstraint(f"status IN ({_sql_list(TRIAL_STATUSES)})", name="status"),
     )
 
@@ -133,6 +142,8 @@ class TrialRow(Base):
     start_time: Mapped[datetime.datetime | None] = mapped_column()
     end_time: Mapped[datetime.datetime | None] = mapped_column()
     heartbeat: Mapped[datetime.datetime | None] = mapped_column()
+    # When the row last changed, set by a trigger: see orion_sql.trial_cache.
+    change_stamp: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
 
 
 class _TrialValue:

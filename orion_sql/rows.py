@@ -62,11 +62,12 @@ def set_trial_fields(clause: ColumnElement[bool], fields: Mapping[str, Any]) -> 
     columns = mapping.trial_columns(fields)
     expected_id = columns.pop("id", None)
 
+    # With params or results alone, the row is still updated (to itself), so that
+    # its change stamp (revision 0003's trigger) tells trial caches to read it again.
+    changes = columns or {"status": TrialRow.status}
+
     def set_fields(conn: Connection) -> int:
-        if columns:
-            ids = conn.execute(update(trials).where(clause).values(**columns).returning(TrialRow.id)).scalars().all()
-        else:
-            ids = conn.execute(select(TrialRow.id).where(clause).with_for_update()).scalars().all()
+        ids = conn.execute(update(trials).where(clause).values(**changes).returning(TrialRow.id)).scalars().all()
         if expected_id is not None and any(trial_id != expected_id for trial_id in ids):
             raise ValueError(f"a trial's _id cannot be changed (to {expected_id!r})")
         if ids:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from orion.core.worker.trial import Trial
-from sqlalchemy import Connection, bindparam, delete, func, insert, literal, select, union_all, update
+from sqlalchemy import Connection, Text, bindparam, cast, delete, func, insert, literal, select, union_all, update
 from sqlalchemy.sql import CompoundSelect, Update
 
 from orion_sql import mapping
@@ -29,11 +29,13 @@ Reserve = Callable[[Connection, int, str], Optional[dict]]
 Complete = Callable[[Connection, Trial], Optional[int]]
 
 
-def values_of_trials(trial_ids) -> CompoundSelect:
-    """Params and results of the trials whose ids `trial_ids` gives, in order, in one statement."""
+def values_of_trials(trial_ids, json_text: bool = False) -> CompoundSelect:
+    """Params and results of the trials whose ids `trial_ids` gives, in order, in one
+    statement; each value decoded, or (`json_text`) the JSON text the codec wrote."""
 
     def values_of(model, kind: str):
-        columns = (literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, model.value)
+        value = cast(model.value, Text).label("value") if json_text else model.value
+        columns = (literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, value)
         return select(*columns).where(model.trial_id.in_(trial_ids))
 
     return union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by(

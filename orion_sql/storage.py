@@ -27,13 +27,31 @@ from orion_sql import mapping, rows, statements
 from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
 from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
-from orion_sql.location import redact, resolve_url
-from orion_sql.models import PENDING_STATUSES, algo_locks, benchmarks, experiments, trials
+from orion_sql.location import ConfigurationError, redact, resolve_url
+from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, algo_locks, benchmarks, experiments, trials
 from orion_sql.query import Collection, compile_filter
 from orion_sql.schema import ensure_schema
+from orion_sql.trial_cache import TrialCache
 
 LOCK_EXPIRY_ENV = "ORION_SQL_LOCK_EXPIRY"
 DEFAULT_LOCK_EXPIRY_SECONDS = 60.0
+CACHE_TRIALS_ENV = "ORION_SQL_CACHE_TRIALS"
+DEFAULT_CACHE_TRIALS = 100_000
+
+
+def _cache_size(cache_trials: int | None) -> int:
+    """How many trials the cache keeps: the argument, else the environment, else the default."""
+    given = cache_trials if cache_trials is not None else os.environ.get(CACHE_TRIALS_ENV)
+    if given is None or given == "":
+        return DEFAULT_CACHE_TRIALS
+    try:
+        size = int(given)
+    except (TypeError, ValueError):
+        size = -1
+    if size < 0 or isinstance(given, bool):
+        source = "cache_trials" if cache_trials is not None else CACHE_TRIALS_ENV
+        raise ConfigurationError(f"{source} must be a whole number of trials (0 turns the cache off), got {given!r}")
+    return size
 
 
 class SQL(BaseStorageProtocol):
@@ -51,37 +69,55 @@ class SQL(BaseStorageProtocol):
     lock_expiry: float, optional
         SQLite only: seconds without heartbeat after which an algorithm lock is
         taken from a holder presumed dead. Default ``$ORION_SQL_LOCK_EXPIRY`` or 60.
+    cache_trials: int, optional
+        At most this many trials are kept in this process between reads, so that a
+        read fetches only the trials that changed (see orion_sql.trial_cache); 0
+        turns the cache off. Default ``$ORION_SQL_CACHE_TRIALS`` or 100,000.
     """
 
-    def __init__(self, uri: str | None = None, database: Mapping | None = None, lock_expiry: float | None = None):
-        self._open(Database(resolve_url(uri, database)), lock_expiry)
+    def __init__(
+        self,
+        uri: str | None = None,
+        database: Mapping | None = None,
+        lock_expiry: float | None = None,
+        cache_trials: int | None = None,
+    ):
+        self._open(Database(resolve_url(uri, database)), lock_expiry, _cache_size(cache_trials))
 
     @classmethod
     def on(cls, database: Database, lock_expiry: float | None = None) -> SQL:
         """The storage on a :class:`Database` already built (e.g. one bound to a
-        connection, whose transaction `orion-sql test` rolls back)."""
+        connection, whose transaction `orion-sql test` rolls back). No trial cache:
+        on PostgreSQL a snapshot cannot tell its own transaction's later writes."""
         storage = cls.__new__(cls)
-        storage._open(database, lock_expiry)
+        storage._open(database, lock_expiry, cache_trials=0)
         return storage
 
-    def _open(self, database: Database, lock_expiry: float | None) -> None:
+    def _open(self, database: Database, lock_expiry: float | None, cache_trials: int) -> None:
         self._db = database
+        self._cache_trials = cache_trials
         self._lock_expiry = float(lock_expiry or os.environ.get(LOCK_EXPIRY_ENV) or DEFAULT_LOCK_EXPIRY_SECONDS)
         if self._lock_expiry <= 0:
             raise ValueError(f"lock_expiry must be a positive number of seconds, got {self._lock_expiry}")
         ensure_schema(self._db)
+        self._start()
+
+    def _start(self) -> None:
+        """What a storage object builds for itself (not pickled)."""
         self._lock = algorithm_lock(self._db, self._lock_expiry)
+        self._cache = TrialCache(self._db.dialect, self._cache_trials) if self._cache_trials else None
 
     def __repr__(self) -> str:
         return f"SQL(uri={redact(self._db.url)!r})"
 
     def __getstate__(self) -> dict:
-        return {"database": self._db, "lock_expiry": self._lock_expiry}
+        return {"database": self._db, "lock_expiry": self._lock_expiry, "cache_trials": self._cache_trials}
 
     def __setstate__(self, state: dict) -> None:
         self._db = state["database"]
         self._lock_expiry = state["lock_expiry"]
-        self._lock = algorithm_lock(self._db, self._lock_expiry)
+        self._cache_trials = state["cache_trials"]
+        self._start()
 
     @property
     def database(self) -> Database:
@@ -209,7 +245,14 @@ class SQL(BaseStorageProtocol):
         return statements.reservation(self._db.dialect)
 
     def fetch_trials(self, experiment=None, uid=None, where=None):
+        """The experiment's trials (those matching `where`), by submit time then id.
+
+        Without `where`, served by this process's trial cache: only the trials that
+        changed since its last read are read again.
+        """
         uid = get_uid(experiment, uid)
+        if where is None and self._cache is not None:
+            return self._cache.trials(self._db, uid)
         return self._select_trials(and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS)))
 
     def update_trials(self, experiment=None, uid=None, where=None, **kwargs):
@@ -279,13 +322,13 @@ class SQL(BaseStorageProtocol):
         trial.status = status
 
     def fetch_pending_trials(self, experiment):
-        return self._trials_with_status(experiment, trials.c.status.in_(PENDING_STATUSES))
+        return self._trials_with_status(experiment, PENDING_STATUSES)
 
     def fetch_noncompleted_trials(self, experiment):
-        return self._trials_with_status(experiment, trials.c.status != "completed")
+        return self._trials_with_status(experiment, tuple(status for status in TRIAL_STATUSES if status != "completed"))
 
     def fetch_trials_by_status(self, experiment, status):
-        return self._trials_with_status(experiment, trials.c.status == status)
+        return self._trials_with_status(experiment, (status,))
 
     def count_completed_trials(self, experiment):
         return self._count_trials(experiment, "completed")
@@ -348,8 +391,10 @@ class SQL(BaseStorageProtocol):
             self._filter(where, TRIAL_FILTERS),
         )
 
-    def _trials_with_status(self, experiment, status_clause) -> list[Trial]:
-        return self._select_trials(and_(trials.c.experiment_id == experiment.id, status_clause))
+    def _trials_with_status(self, experiment, statuses: tuple[str, ...]) -> list[Trial]:
+        if self._cache is not None:
+            return self._cache.trials(self._db, experiment.id, keep=lambda trial: trial.status in statuses)
+        return self._select_trials(and_(trials.c.experiment_id == experiment.id, trials.c.status.in_(statuses)))
 
     def _count_trials(self, experiment, status: str) -> int:
         statement = select(func.count()).where(trials.c.experiment_id == experiment.id, trials.c.status == status)

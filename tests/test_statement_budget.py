@@ -29,7 +29,9 @@ SIZES = [(1, 1, 1), (10, 50, 50), (1000, 10, 10)]
 # Where PostgreSQL writes inside WITH, reserving and completing are one statement.
 BUDGETS = {
     "register_trial": {"sqlite": 3, "postgresql": 3},  # trial, its params, its results
-    "fetch_trials": {"sqlite": 2, "postgresql": 2},  # trials, then all their params and results at once
+    # Read through the trial cache after a change: whether anything changed; then, in one
+    # snapshot, that again, the changed trials, and their params and results.
+    "fetch_trials": {"sqlite": 4, "postgresql": 4},
     # UPDATE ... RETURNING over locked sub-selects, then its values (SQLite); both in one (PostgreSQL)
     "reserve_trial": {"sqlite": 2, "postgresql": 1},
     # the row, then results replaced: delete, insert (SQLite); all in one (PostgreSQL)
@@ -37,7 +39,7 @@ BUDGETS = {
     "set_trial_status": {"sqlite": 1, "postgresql": 1},
     "update_heartbeat": {"sqlite": 1, "postgresql": 1},
     "fetch_lost_trials": {"sqlite": 1, "postgresql": 1},  # none is lost here: no values to read
-    "fetch_pending_trials": {"sqlite": 2, "postgresql": 2},
+    "fetch_pending_trials": {"sqlite": 4, "postgresql": 4},  # as fetch_trials
     "count_completed_trials": {"sqlite": 1, "postgresql": 1},
 }
 
@@ -139,3 +141,26 @@ def test_statement_counts_do_not_grow_with_trials_params_or_results(storage):
         assert counted == first, f"statement counts changed with size {size}: {counted} != {first}"
     budgets = {method: budget[storage.database.dialect.name] for method, budget in BUDGETS.items()}
     assert first == budgets, f"statements per call (counted != budget): {first} != {budgets}"
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda size: "x".join(map(str, size)))
+def test_reading_an_unchanged_experiment_again_is_one_small_statement(storage, size):
+    """The trial cache asks the database one question (the experiment's row, and an
+    index probe of its trials), whatever the experiment's size."""
+    config = {"name": "unchanged", "version": 1, "space": {}, "algorithm": {"random": {"seed": 1}}}
+    storage.create_experiment(config)
+    experiment = Experiment("unchanged", Space(), version=1, _id=config["_id"], storage=storage)
+    bulk_insert(storage, config["_id"], *size)
+    first = storage.fetch_trials(experiment)
+    with StatementCounter(storage.database.engine) as counter:
+        for read in (
+            lambda: storage.fetch_trials(experiment),
+            lambda: storage.fetch_trials(uid=config["_id"]),
+            lambda: storage.fetch_pending_trials(experiment),
+            lambda: storage.fetch_trials_by_status(experiment, "new"),
+        ):
+            again = read()
+            assert [trial.to_dict() for trial in again] == [trial.to_dict() for trial in first]
+    assert len(counter.statements) == 4, counter.statements
+    for statement in counter.statements:
+        assert "params" not in statement and "results" not in statement

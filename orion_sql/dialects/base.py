@@ -70,6 +70,16 @@ class Dialect(abc.ABC):
         """Rows of :func:`mapping.value_rows` encoded for :meth:`upsert_values`."""
         raise NotImplementedError(f"{self.name} cannot write inside WITH")
 
+    def trial_change_mark(self, experiments: Table) -> ColumnElement:
+        """What this snapshot has seen of trial changes (in a query on `experiments`):
+        the value :meth:`unseen_trial_changes` takes as ``since``. See revision 0003."""
+        raise NotImplementedError(f"{self.name} does not track trial changes")
+
+    def unseen_trial_changes(self, stamp: ColumnElement[int]) -> ColumnElement[bool]:
+        """True where a trial row's `stamp` was written by a transaction the snapshot
+        whose mark is bound as ``since`` did not see; everywhere when ``since`` is NULL."""
+        raise NotImplementedError(f"{self.name} does not track trial changes")
+
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         """Inside a transaction: wait at most `seconds` for a row lock (row-locking databases)."""
         raise NotImplementedError(f"{self.name} has no row locks")

@@ -6,17 +6,20 @@ import zlib
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Engine,
     Float,
     Integer,
     Numeric,
     Text,
+    any_,
     bindparam,
     cast,
     column,
     event,
     func,
     literal,
+    or_,
     select,
     text,
     true,
@@ -77,6 +80,19 @@ class PostgreSQLDialect(Dialect):
             # statement and their params by the next could disagree.
             return {"isolation_level": "REPEATABLE READ"}
         return {}
+
+    def trial_change_mark(self, experiments):
+        # Stamps are writers' transaction ids; the snapshot says which it saw.
+        return cast(func.pg_current_snapshot(), Text)
+
+    def unseen_trial_changes(self, stamp):
+        # A snapshot as text is "xmin:xmax:running,running". Unseen: transactions running
+        # when it was taken, or begun after its xmax; both are probes of the index on
+        # (experiment_id, change_stamp), however long an old transaction keeps running.
+        since = bindparam("since", type_=Text)
+        begun_after = cast(func.split_part(since, ":", 2), BigInteger)
+        running = cast(func.string_to_array(func.split_part(since, ":", 3), ","), ARRAY(BigInteger))
+        return or_(stamp >= func.coalesce(begun_after, 0), stamp == any_(running))
 
     def now(self, minus=None):
         now = func.timezone("UTC", func.statement_timestamp(), type_=UtcDateTime)

@@ -10,7 +10,7 @@ import datetime
 import json
 import math
 
-from sqlalchemy import Engine, Float, bindparam, cast, event, func, literal
+from sqlalchemy import Engine, Float, Integer, bindparam, cast, event, func, literal
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from orion_sql.dialects.base import WRITE_OPTION, Dialect, ErrorKind, JsonPath
@@ -44,6 +44,13 @@ class SQLiteDialect(Dialect):
             "pool_size": 2,
             "max_overflow": 8,
         }
+
+    def trial_change_mark(self, experiments):
+        # The experiment's own counter: SQLite commits one writer at a time, in counter order.
+        return experiments.c.trial_changes
+
+    def unseen_trial_changes(self, stamp):
+        return stamp > func.coalesce(bindparam("since", type_=Integer), -1)
 
     def prepare_engine(self, engine: Engine) -> None:
         @event.listens_for(engine, "connect")

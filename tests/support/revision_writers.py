@@ -199,4 +199,6 @@ def write_0001_initial(conn: sa.Connection, record: OrionRecord) -> int:
 WRITERS: dict[str, Callable[[sa.Connection, OrionRecord], int]] = {
     "0001_initial": write_0001_initial,
     "0002_analytics_views": write_0001_initial,  # views only: the tables are 0001's
+    # New columns all filled by defaults and triggers: 0001's inserts are still complete.
+    "0003_trial_change_tracking": write_0001_initial,
 }
