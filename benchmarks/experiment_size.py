@@ -13,7 +13,10 @@ per storage and N, in this one process, median milliseconds per call of:
 - Oríon's client ``suggest()`` + ``observe()`` (what a worker pays per trial).
 
 "Trial(**doc)" is the time to construct the N ``Trial`` objects from their
-dictionaries, the floor a cold read is compared with. Goals (issue 11): at N =
+dictionaries, the floor a cold read is compared with. "Oríon hashing" is what
+Oríon 0.2.7 itself spends per suggest + observe on any storage: its EVC code
+(``adapt_trials``) hashes every trial of the experiment twice per ``is_done``,
+and ``suggest`` calls ``is_done`` twice: 4 N trial hashes. Goals (issue 11): at N =
 10,000, suggest + observe at most 3 times its cost at N = 100 on each sql
 database and at least 25 times faster than PickledDB; a warm fetch under 40 ms;
 a cold fetch at most 1.5 times Trial(**doc). Ratios are within this one run.
@@ -150,6 +153,12 @@ def construction_ms(documents: list[dict]) -> float:
     return median_ms(lambda: [Trial(**document) for document in documents], 3)
 
 
+def orion_hashing_ms(documents: list[dict]) -> float:
+    """What Oríon's EVC code spends per suggest + observe hashing the experiment's trials."""
+    trials = [Trial(**document) for document in documents]
+    return 4 * median_ms(lambda: [trial.compute_trial_hash(trial, ignore_lie=True) for trial in trials], 3)
+
+
 def ratio_rows(figures: dict, counts: list[int]) -> list[list]:
     small, big = counts[0], 10_000 if 10_000 in counts else counts[-1]
     rows = []
@@ -161,6 +170,8 @@ def ratio_rows(figures: dict, counts: list[int]) -> list[list]:
              figures["pickleddb"][big]["suggest+observe"] / ours[big]["suggest+observe"], ">= 25"],
             [f"{backend}: warm fetch at N={big:,}, ms", ours[big]["fetch warm"], "< 40"],
             [f"{backend}: cold fetch / Trial(**doc) at N={big:,}", ours[big]["fetch cold"] / figures["construction"][big], "<= 1.5"],
+            [f"{backend}: suggest+observe N={big:,} minus N={small:,}, of which Oríon hashing, ms",
+             ours[big]["suggest+observe"] - ours[small]["suggest+observe"], f"{figures['hashing'][big]:.1f}"],
         ]
     return rows
 
@@ -202,12 +213,13 @@ def main() -> None:
     counts = [100, 1_000] if args.quick else [100, 1_000, 10_000]
     repeats = 3 if args.quick else 5
     figures: dict = {backend: {} for backend in BACKENDS}
-    figures["construction"] = {}
+    figures["construction"], figures["hashing"] = {}, {}
     with common.fresh_folder() as folder:
         for count in counts + ([100_000] if args.large else []):
             pickled = os.path.join(folder, f"{count}.pkl")
             documents = build_pickleddb(pickled, count)
             figures["construction"][count] = construction_ms(documents)
+            figures["hashing"][count] = orion_hashing_ms(documents)
             del documents
             sqlite = f"sqlite:///{folder}/{count}.sqlite"
             with common.fresh_postgresql() as postgresql:
@@ -231,12 +243,12 @@ def main() -> None:
                         f"{name} {value:8.1f}" for name, value in figures[backend][count].items()), file=sys.stderr)
     table = [
         [f"{count:,}", backend] + [figures[backend][count][name] for name in MEASURES]
-        + [figures["construction"][count]]
+        + [figures["construction"][count], figures["hashing"][count]]
         for count in sorted(figures["construction"]) for backend in BACKENDS if count in figures[backend]
     ]
     note = common.machine_note()
     print("\nms per call, median (one run; the machine is shared, compare within the run)")
-    print(tabulate(table, headers=["N", "storage", *MEASURES, "Trial(**doc)"], floatfmt=".1f"))
+    print(tabulate(table, headers=["N", "storage", *MEASURES, "Trial(**doc)", "Oríon hashing"], floatfmt=".1f"))
     print()
     print(tabulate(ratio_rows(figures, counts), headers=["ratio (goal)", "measured", "goal"], floatfmt=".2f"))
     print(note)
