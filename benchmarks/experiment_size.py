@@ -38,13 +38,13 @@ import time
 import types
 from typing import Callable
 
+import common
 from orion.client import create_experiment
 from orion.core.io.database.pickleddb import PickledDB
 from orion.core.worker.trial import Trial
 from orion.storage.legacy import Legacy
 from tabulate import tabulate
 
-import common
 from orion_sql import SQL
 from orion_sql.cli import main as orion_sql
 
@@ -93,6 +93,11 @@ def build_pickleddb(path: str, count: int) -> list[dict]:
     return documents
 
 
+def now() -> datetime.datetime:
+    """Naive UTC, as Oríon writes times."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
 def median_ms(call: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -103,7 +108,7 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
 
 
 def new_trial(experiment_id: int, rng: random.Random) -> Trial:
-    return Trial(experiment=experiment_id, status="new", submit_time=datetime.datetime.utcnow(),
+    return Trial(experiment=experiment_id, status="new", submit_time=now(),
                  params=[{"name": "x", "type": "real", "value": rng.random()}])
 
 
@@ -132,7 +137,7 @@ def measure(make_storage: Callable[[], object], storage_config: dict, count: int
         trial = storage.reserve_trial(experiment)
         trial.results = [Trial.Result(name="objective", type="objective", value=rng.random())]
         trial.status = "completed"
-        trial.end_time = datetime.datetime.utcnow()
+        trial.end_time = now()
         storage.push_trial_results(trial)
 
     figures["register+reserve+push"] = median_ms(register_reserve_push, repeats)
@@ -146,6 +151,14 @@ def measure(make_storage: Callable[[], object], storage_config: dict, count: int
     figures["suggest+observe"] = median_ms(suggest_observe, repeats)
     worker.close()
     return figures
+
+
+def storage_of(backend: str, where: str) -> tuple[dict, Callable[[], object]]:
+    """Oríon's storage configuration for `backend` at `where`, and a maker of new storage objects."""
+    if backend == "pickleddb":
+        database = {"type": "pickleddb", "host": where}
+        return {"type": "legacy", "database": database}, lambda: Legacy(database=dict(database))  # it pops keys
+    return {"type": "sql", "uri": where}, lambda: SQL(uri=where)
 
 
 def construction_ms(documents: list[dict]) -> float:
@@ -232,12 +245,7 @@ def main() -> None:
                 if count < 100_000:
                     runs["pickleddb"] = pickled
                 for backend, where in runs.items():
-                    if backend == "pickleddb":
-                        config = {"type": "legacy", "database": {"type": "pickleddb", "host": where}}
-                        make = lambda: Legacy(database=dict(config["database"]))  # noqa: E731 (Legacy pops keys)
-                    else:
-                        config = {"type": "sql", "uri": where}
-                        make = lambda: SQL(uri=config["uri"])  # noqa: E731
+                    config, make = storage_of(backend, where)
                     figures[backend][count] = measure(make, config, count, repeats)
                     print(f"  N={count:>7,} {backend:15s} " + "  ".join(
                         f"{name} {value:8.1f}" for name, value in figures[backend][count].items()), file=sys.stderr)

@@ -11,9 +11,9 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
-    FetchedValue,
     CheckConstraint,
     DateTime,
+    FetchedValue,
     Float,
     ForeignKey,
     Index,

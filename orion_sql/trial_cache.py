@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from orion.core.worker.trial import Trial
-from sqlalchemy import Connection, Select, bindparam, exists, select
+from sqlalchemy import CompoundSelect, Connection, Select, bindparam, exists, select
 
 from orion_sql.database import Database
 from orion_sql.dialects import Dialect
 from orion_sql.exact_json import loads_value
-from orion_sql.models import ExperimentRow, TrialRow, experiments
+from orion_sql.models import ExperimentRow, TrialRow, experiments, trials
 
 # Experiments not read for this long are dropped at the next read of any other.
 IDLE_SECONDS = 600.0
@@ -90,12 +90,8 @@ class TrialCache:
             cached.read_at = time.monotonic()
             self._experiments.move_to_end(experiment_id)
             self._forget_beyond_bounds()
-            trials = map(cached.by_id.__getitem__, cached.order)
-            return [isolated_copy(trial) for trial in trials if keep is None or keep(trial)]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._experiments.clear()
+            ordered = map(cached.by_id.__getitem__, cached.order)
+            return [isolated_copy(trial) for trial in ordered if keep is None or keep(trial)]
 
     @property
     def size(self) -> int:
@@ -176,7 +172,7 @@ def check_statement(dialect: Dialect) -> Select:
     """The experiment's incarnation and trial deletions, this snapshot's change mark,
     and whether a trial changed unseen by the snapshot of mark ``since``: one row, or
     none when the experiment does not exist (binds ``experiment``, ``since``)."""
-    changed = exists().where(TrialRow.experiment_id == ExperimentRow.id, dialect.unseen_trial_changes(TrialRow.change_stamp))
+    changed = exists().where(TrialRow.experiment_id == ExperimentRow.id, dialect.unseen_trial_changes(trials.c.change_stamp))
     return select(
         ExperimentRow.incarnation,
         ExperimentRow.trial_deletions.label("deletions"),
@@ -185,12 +181,12 @@ def check_statement(dialect: Dialect) -> Select:
     ).where(ExperimentRow.id == bindparam("experiment"))
 
 
-def changed_trials_statements(dialect: Dialect) -> tuple[Select, Select]:
+def changed_trials_statements(dialect: Dialect) -> tuple[Select, CompoundSelect]:
     """The trial rows of an experiment the snapshot of mark ``since`` did not see, and
     their params and results (as :func:`statements.values_of_trials` gives them)."""
     from orion_sql.statements import values_of_trials
 
-    clause = (TrialRow.experiment_id == bindparam("experiment")) & dialect.unseen_trial_changes(TrialRow.change_stamp)
+    clause = (TrialRow.experiment_id == bindparam("experiment")) & dialect.unseen_trial_changes(trials.c.change_stamp)
     return select(*_ROW_COLUMNS).where(clause), values_of_trials(select(TrialRow.id).where(clause), json_text=True)
 
 
