@@ -161,6 +161,9 @@ def _stop_trial_pacemakers():
             thread.stop()
 
 
+CHANGE_TRACKING = ("incarnation", "trial_changes", "trial_deletions", "change_stamp")
+
+
 class Rows:
     """Every row of every orion_sql table, read with SQLAlchemy, to see exactly what a command changed."""
 
@@ -168,10 +171,13 @@ class Rows:
         self.database = Database(resolve_url(database_url))
 
     def snapshot(self) -> dict[str, dict[tuple, dict]]:
+        """Every row, less the trial cache's bookkeeping (trigger-kept, see revision 0003)."""
         with self.database.transaction() as conn:
             return {
                 table.name: {
-                    tuple(row[column.name] for column in table.primary_key.columns): dict(row)
+                    tuple(row[column.name] for column in table.primary_key.columns): {
+                        column: value for column, value in row.items() if column not in CHANGE_TRACKING
+                    }
                     for row in conn.execute(select(table)).mappings()
                 }
                 for table in TABLES
