@@ -178,11 +178,13 @@ def ratio_rows(figures: dict, counts: list[int]) -> list[list]:
     for backend in ("sql-sqlite", "sql-postgresql"):
         ours = figures[backend]
         rows += [
-            [f"{backend}: suggest+observe N={big:,} / N={small:,}", ours[big]["suggest+observe"] / ours[small]["suggest+observe"], "<= 3"],
+            [f"{backend}: suggest+observe N={big:,} / N={small:,}",
+             ours[big]["suggest+observe"] / ours[small]["suggest+observe"], "<= 3"],
             [f"{backend}: PickledDB / {backend}, suggest+observe at N={big:,}",
              figures["pickleddb"][big]["suggest+observe"] / ours[big]["suggest+observe"], ">= 25"],
             [f"{backend}: warm fetch at N={big:,}, ms", ours[big]["fetch warm"], "< 40"],
-            [f"{backend}: cold fetch / Trial(**doc) at N={big:,}", ours[big]["fetch cold"] / figures["construction"][big], "<= 1.5"],
+            [f"{backend}: cold fetch / Trial(**doc) at N={big:,}",
+             ours[big]["fetch cold"] / figures["construction"][big], "<= 1.5"],
             [f"{backend}: suggest+observe N={big:,} minus N={small:,}, of which Oríon hashing, ms",
              ours[big]["suggest+observe"] - ours[small]["suggest+observe"], f"{figures['hashing'][big]:.1f}"],
         ]

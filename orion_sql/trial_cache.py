@@ -68,7 +68,9 @@ class TrialCache:
         self._experiments: collections.OrderedDict[int, _Experiment] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def trials(self, database: Database, experiment_id: int, keep: Callable[[Trial], bool] | None = None) -> list[Trial]:
+    def trials(
+        self, database: Database, experiment_id: int, keep: Callable[[Trial], bool] | None = None
+    ) -> list[Trial]:
         """Copies of the experiment's trials (those `keep` accepts), as the database
         holds them now."""
         with self._lock, paused_gc():
@@ -172,7 +174,8 @@ def check_statement(dialect: Dialect) -> Select:
     """The experiment's incarnation and trial deletions, this snapshot's change mark,
     and whether a trial changed unseen by the snapshot of mark ``since``: one row, or
     none when the experiment does not exist (binds ``experiment``, ``since``)."""
-    changed = exists().where(TrialRow.experiment_id == ExperimentRow.id, dialect.unseen_trial_changes(trials.c.change_stamp))
+    unseen = dialect.unseen_trial_changes(trials.c.change_stamp)
+    changed = exists().where(TrialRow.experiment_id == ExperimentRow.id, unseen)
     return select(
         ExperimentRow.incarnation,
         ExperimentRow.trial_deletions.label("deletions"),

@@ -24,11 +24,11 @@ from orion.core.io.database import DuplicateKeyError
 from orion.core.worker.trial import Trial
 from orion.storage.base import FailedUpdate
 from sqlalchemy import text
-from support.documents import T0, new_experiment
 
 from orion_sql import SQL
 from orion_sql.location import ConfigurationError
 from orion_sql.trial_cache import TRIAL_SLOTS, isolated_copy
+from support.documents import T0, new_experiment
 
 CONTEXT = multiprocessing.get_context("forkserver")
 CONTEXT.set_forkserver_preload(["orion.client", "orion_sql"])

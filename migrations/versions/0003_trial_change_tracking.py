@@ -45,14 +45,16 @@ TRIGGERS = {
             # coalesce: a trial of a missing experiment must fail on its foreign key.
             """CREATE TRIGGER orion_sql_stamp_inserted_trial AFTER INSERT ON trials BEGIN
                 UPDATE experiments SET trial_changes = trial_changes + 1 WHERE id = NEW.experiment_id;
-                UPDATE trials SET change_stamp = coalesce((SELECT trial_changes FROM experiments WHERE id = NEW.experiment_id), 0)
+                UPDATE trials
+                SET change_stamp = coalesce((SELECT trial_changes FROM experiments WHERE id = NEW.experiment_id), 0)
                 WHERE id = NEW.id;
             END""",
             # WHEN: the trigger's own stamping does not fire it again (recursive_triggers on).
             """CREATE TRIGGER orion_sql_stamp_updated_trial AFTER UPDATE ON trials
             WHEN NEW.change_stamp IS OLD.change_stamp BEGIN
                 UPDATE experiments SET trial_changes = trial_changes + 1 WHERE id = NEW.experiment_id;
-                UPDATE trials SET change_stamp = coalesce((SELECT trial_changes FROM experiments WHERE id = NEW.experiment_id), 0)
+                UPDATE trials
+                SET change_stamp = coalesce((SELECT trial_changes FROM experiments WHERE id = NEW.experiment_id), 0)
                 WHERE id = NEW.id;
                 UPDATE experiments SET trial_deletions = trial_deletions + 1
                 WHERE id = OLD.experiment_id AND OLD.experiment_id <> NEW.experiment_id;
