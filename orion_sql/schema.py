@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,10 +30,13 @@ UPGRADE_COMMAND = "orion-sql upgrade"
 
 
 def _migrations_dir() -> str:
-    """Where the shipped Alembic environment is (found without importing it)."""
+    """Where the Alembic environment is (found without importing it): the installed
+    ``orion_sql.migrations``, else, where orion_sql is imported from a checkout over a
+    regular install (`alembic upgrade head` there), the checkout's ``migrations/``."""
     spec = importlib.util.find_spec("orion_sql.migrations")
-    assert spec is not None and spec.submodule_search_locations, "orion_sql.migrations is not installed"
-    return list(spec.submodule_search_locations)[0]
+    if spec is not None and spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
 
 MIGRATIONS_DIR = _migrations_dir()

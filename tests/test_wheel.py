@@ -116,3 +116,23 @@ def test_installed_orion_sql_setup_then_test(installed, empty_url, tmp_path):
     done = _run(bin_dir / "orion-sql", "test", cwd=elsewhere, home=home)  # exit 0: every check passed
     assert done.stdout.splitlines()[-1].startswith("All ") and "checks passed" in done.stdout
     assert revision_of(empty_url) is None  # the check created the schema only inside its rolled-back transaction
+
+
+@pytest.fixture(params=["regular", "editable"])
+def alembic_from_a_checkout(request, installed, wheel) -> tuple[Path, Path]:
+    """(the `alembic` console script, a checkout to run it in), once with the package
+    installed from the checkout normally (`pip install /path/to/checkout`, where the
+    checkout's orion_sql/ has no migrations/ to shadow the installed one with) and
+    once editable (`pip install -e`, this test session's own virtualenv)."""
+    if request.param == "editable":
+        return Path(sys.executable).with_name("alembic"), REPOSITORY
+    bin_dir, _ = installed
+    return bin_dir / "alembic", wheel.parent.parent / "source"
+
+
+def test_alembic_upgrade_head_from_a_checkout(alembic_from_a_checkout, empty_url):
+    """The README's `alembic upgrade head`, run at the root of a checkout."""
+    alembic, checkout = alembic_from_a_checkout
+    done = _run(alembic, "-x", f"url={empty_url}", "upgrade", "head", cwd=checkout)
+    assert f"-> {head_revision()}" in done.stderr
+    assert revision_of(empty_url) == head_revision()
