@@ -10,6 +10,7 @@ expects.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -46,9 +47,20 @@ class MissingReference(ValueError):
 
 
 class Database:
-    """A database URL, its dialect, and this process's engine for it."""
+    """A database URL, its dialect, and this process's engine for it.
 
-    def __init__(self, url: URL):
+    Each is an instance of a subclass named after its product (``SQLite``,
+    ``PostgreSQL``): Oríon's web API (`orion serve`) reports the class name of
+    ``storage._db`` as the database.
+    """
+
+    def __new__(cls, url: URL | str, *args, **kwargs):
+        if cls is Database:
+            cls = _named_after(dialect_for(make_url(url)).product)
+        return super().__new__(cls)
+
+    def __init__(self, url: URL | str):
+        url = make_url(url)
         self.url = url
         self.dialect: Dialect = dialect_for(url)
         self._engine: Engine | None = None
@@ -127,11 +139,9 @@ class Database:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r})"
 
-    def __getstate__(self) -> dict:
-        return {"url": self.url.render_as_string(hide_password=False)}
-
-    def __setstate__(self, state: dict) -> None:
-        Database.__init__(self, make_url(state["url"]))
+    def __reduce__(self):
+        """Pickled as its URL alone: the copy builds its own engine."""
+        return Database, (self.url.render_as_string(hide_password=False),)
 
 
 class _BoundDatabase(Database):
@@ -158,8 +168,13 @@ class _BoundDatabase(Database):
         with self._one_at_a_time, self._conn.begin_nested():
             yield self._conn
 
-    def __getstate__(self) -> dict:
+    def __reduce__(self):
         raise TypeError("a database bound to one connection cannot be pickled")
+
+
+@functools.cache
+def _named_after(product: str) -> type[Database]:
+    return type(product, (Database,), {"__doc__": f"A {product} database.", "__module__": __name__})
 
 
 def process_name() -> str:

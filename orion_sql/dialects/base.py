@@ -31,6 +31,8 @@ class Dialect(abc.ABC):
     marked abstract cannot be instantiated."""
 
     name: str
+    # The database as a person names it (what `orion serve` reports): SQLite, PostgreSQL.
+    product: str
     # Whether a transaction can hold a row lock that others wait on (see algo_lock).
     has_row_locks: bool
     # Whether a statement may write inside WITH (then select what it wrote): see statements.

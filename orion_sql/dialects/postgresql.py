@@ -50,6 +50,7 @@ _SQLSTATES = {
 
 class PostgreSQLDialect(Dialect):
     name = "postgresql"
+    product = "PostgreSQL"
     has_row_locks = True
     writes_in_with = True
 

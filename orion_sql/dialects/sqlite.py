@@ -31,6 +31,7 @@ _KINDS = {
 
 class SQLiteDialect(Dialect):
     name = "sqlite"
+    product = "SQLite"
     has_row_locks = False
 
     def engine_options(self):
