@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from orion.core.io.database import OutdatedDatabaseError
+from orion.core.io.database import DatabaseError, OutdatedDatabaseError
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
@@ -42,8 +42,9 @@ def _migrations_dir() -> str:
 MIGRATIONS_DIR = _migrations_dir()
 
 
-class NewerDatabaseError(RuntimeError):
-    """The database was migrated by a newer orion_sql than the one installed."""
+class NewerDatabaseError(DatabaseError):
+    """The database was migrated by a newer orion_sql than the one installed (a DatabaseError:
+    Oríon's command line prints its message as one line)."""
 
 
 class SchemaState(enum.Enum):
@@ -177,3 +178,16 @@ def ensure_schema(database: Database) -> None:
         with database.transaction(write=True) as conn:
             status = initialise_if_empty(database, conn)
     status.check()
+
+
+def upgrade_for_orion_db_upgrade(database: Database) -> str:
+    """What `orion db upgrade` means on sql: bring the schema to head. Returns what was done.
+
+    The document rewrite Oríon runs next is for its legacy storage (it writes through
+    legacy's database API); documents stored by orion_sql need none.
+    """
+    read_status(database).check(migrating=True)
+    before, after = upgrade(database)
+    if before == after:
+        return f"{redact(database.url)} is already at head {after}; nothing to do."
+    return f"Upgraded {redact(database.url)} from {before or 'base (no orion_sql schema)'} to {after}."

@@ -30,7 +30,7 @@ from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTE
 from orion_sql.location import ConfigurationError, redact, resolve_url
 from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, algo_locks, benchmarks, experiments, trials
 from orion_sql.query import Collection, compile_filter
-from orion_sql.schema import ensure_schema
+from orion_sql.schema import ensure_schema, upgrade_for_orion_db_upgrade
 from orion_sql.trial_cache import TrialCache
 
 LOCK_EXPIRY_ENV = "ORION_SQL_LOCK_EXPIRY"
@@ -73,6 +73,11 @@ class SQL(BaseStorageProtocol):
         At most this many trials are kept in this process between reads, so that a
         read fetches only the trials that changed (see orion_sql.trial_cache); 0
         turns the cache off. Default ``$ORION_SQL_CACHE_TRIALS`` or 100,000.
+    setup: bool, optional
+        Only `orion db upgrade` passes ``setup=False``: the schema is brought to head
+        (as ``orion-sql upgrade`` does) and the command ends there, with exit status 0.
+        The rest of that command rewrites legacy documents through the legacy
+        storage's own database API; documents stored by orion_sql need no rewrite.
     """
 
     def __init__(
@@ -81,8 +86,14 @@ class SQL(BaseStorageProtocol):
         database: Mapping | None = None,
         lock_expiry: float | None = None,
         cache_trials: int | None = None,
+        setup: bool = True,
     ):
-        self._open(Database(resolve_url(uri, database)), lock_expiry, _cache_size(cache_trials))
+        db = Database(resolve_url(uri, database))
+        if not setup:
+            print(upgrade_for_orion_db_upgrade(db))
+            print("The sql storage's documents need no rewrite: the upgrade is complete.")
+            raise SystemExit(0)
+        self._open(db, lock_expiry, _cache_size(cache_trials))
 
     @classmethod
     def on(cls, database: Database, lock_expiry: float | None = None) -> SQL:

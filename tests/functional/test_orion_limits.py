@@ -2,7 +2,7 @@
 
 Each test states what a user would expect and is marked xfail(strict=True) with
 the reason found in Oríon's source; if a future Oríon fixes it, the test passes
-and strict xfail turns that into a failure to notice. The `db upgrade|test|setup`
+and strict xfail turns that into a failure to notice. The `db test|setup`
 and `status -c` commands fail in Oríon's own code whichever database the sql
 storage is on, so they run on SQLite only (each `orion` process costs seconds).
 """
@@ -32,21 +32,6 @@ def test_status_from_config_file(orion_cli, storage_config):
         pickled.unlink()
     assert status.returncode == 0, status.stderr
     assert "status-from-file-v1" in status.stdout
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Oríon 0.2.7: `orion db upgrade` upgrades only the legacy storage "
-    "(orion/core/cli/db/upgrade.py): it passes setup=False, a Legacy-only keyword, to the storage "
-    "and rewrites trials through storage._db.write, Legacy's database API. orion_sql's schema "
-    "upgrade is its own `orion-sql upgrade` (or `alembic upgrade head`).",
-)
-@sqlite_only
-def test_db_upgrade(orion_cli):
-    upgrade = orion_cli.run("db", "upgrade", "-f", check=False)
-    assert upgrade.returncode == 0, upgrade.stderr
-    assert "Database upgrade completed successfully" in upgrade.stdout
 
 
 @pytest.mark.xfail(
