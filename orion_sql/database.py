@@ -20,14 +20,14 @@ import time
 from collections.abc import Iterator
 from typing import Callable, TypeVar
 
-from orion.core.io.database import DuplicateKeyError
+from orion.core.io.database import DatabaseError, DuplicateKeyError
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 from orion_sql import exact_json
 from orion_sql.dialects import Dialect, ErrorKind, dialect_for
-from orion_sql.location import redact
+from orion_sql.location import DEFAULT_SQLITE_PATH, redact
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ PING_AFTER_IDLE_SECONDS = 2.0
 
 class MissingReference(ValueError):
     """A row refers to another that does not exist (a foreign key violation)."""
+
+
+class DatabaseUnreachable(DatabaseError):
+    """The database cannot be reached or opened (a DatabaseError: Oríon's command line
+    prints its message as one line)."""
 
 
 class Database:
@@ -136,6 +141,16 @@ class Database:
             finally:
                 transaction.rollback()
 
+    @contextlib.contextmanager
+    def reachable(self) -> Iterator[None]:
+        """Turn a failure to connect or open the database into one line naming it and the cause."""
+        try:
+            yield
+        except OperationalError as error:
+            raise DatabaseUnreachable(f"cannot reach the database {redact(self.url)}: {_first_line(error)}") from None
+        except OSError as error:  # a SQLite file whose folder cannot be made
+            raise DatabaseUnreachable(f"cannot open the database {redact(self.url)}: {error}") from None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r})"
 
@@ -189,14 +204,16 @@ def _first_line(error: DBAPIError) -> str:
 def build_engine(url: URL) -> Engine:
     """An engine for `url`, tuned by its dialect, with exact JSON in JSON columns."""
     dialect = dialect_for(url)
-    if url.get_backend_name() == "sqlite" and url.database:
+    if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
         os.makedirs(os.path.dirname(url.database), exist_ok=True)
-    engine = create_engine(
-        url,
-        json_serializer=exact_json.dumps,
-        json_deserializer=exact_json.loads,
-        **dialect.engine_options(),
-    )
+        if url.database != DEFAULT_SQLITE_PATH:
+            log.info("orion_sql: creating the SQLite database %s", url.database)
+    options = dialect.engine_options()
+    # What the URL's query sets (`?connect_timeout=30`) wins over the dialect's defaults.
+    options["connect_args"] = {
+        key: value for key, value in options.get("connect_args", {}).items() if key not in url.query
+    }
+    engine = create_engine(url, json_serializer=exact_json.dumps, json_deserializer=exact_json.loads, **options)
     dialect.prepare_engine(engine)
     _ping_idle_connections(engine)
     return engine

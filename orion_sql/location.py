@@ -14,6 +14,7 @@ from typing import Any
 
 import orion.core
 import yaml
+from orion.core.io.database import DatabaseError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -26,8 +27,18 @@ _DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg", "po
 _LEGACY_DATABASE_DEFAULTS = {"type": {"pickleddb", "sql"}, "name": {"orion"}, "port": {"27017"}}
 
 
-class ConfigurationError(ValueError):
-    """The storage configuration does not name a database orion_sql can use."""
+class ConfigurationError(DatabaseError):
+    """The storage configuration does not name a database orion_sql can use.
+
+    Not a ValueError: Oríon 0.2.7's `setup_storage` swallows a ValueError from the
+    storage's constructor and fails with an unrelated TypeError instead. A
+    DatabaseError, Oríon's command line prints as one line (``Error: ...``).
+    """
+
+
+# `scheme:` at the start of text that is not a URL (`postgresql:/host/db`, one slash):
+# refused rather than taken for a relative SQLite path. One letter is a drive, not a scheme.
+_LOOKS_LIKE_A_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 # `scheme://user:password@` in text SQLAlchemy cannot parse.
@@ -106,6 +117,12 @@ def sqlite_url(path: str) -> URL:
 
 def _parse(text: str, source: str) -> URL:
     if "://" not in text:
+        if _LOOKS_LIKE_A_URL.match(text):
+            raise ConfigurationError(
+                f"{source}: {redact(text)!r} looks like a URL but is not one (a URL has '://'); "
+                f"expected for example {EXAMPLE_URL!r}, or a path to a SQLite file "
+                f"(write ./{text} for a file whose name has a colon)"
+            )
         return sqlite_url(text)
     try:
         url = make_url(text)

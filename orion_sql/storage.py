@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import math
 import os
 from collections.abc import Mapping
 
@@ -54,6 +55,18 @@ def _cache_size(cache_trials: int | None) -> int:
     return size
 
 
+def _lock_expiry(given) -> float:
+    """`lock_expiry`, else ``$ORION_SQL_LOCK_EXPIRY``, else the default: positive seconds."""
+    text = given or os.environ.get(LOCK_EXPIRY_ENV) or DEFAULT_LOCK_EXPIRY_SECONDS
+    try:
+        seconds = float(text)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0:
+        raise ConfigurationError(f"lock_expiry ({LOCK_EXPIRY_ENV}) must be a positive number of seconds, got {text!r}")
+    return seconds
+
+
 class SQL(BaseStorageProtocol):
     """Oríon storage in a relational database: a SQLite file or a PostgreSQL server.
 
@@ -89,11 +102,14 @@ class SQL(BaseStorageProtocol):
         setup: bool = True,
     ):
         db = Database(resolve_url(uri, database))
-        if not setup:
-            print(upgrade_for_orion_db_upgrade(db))
-            print("The sql storage's documents need no rewrite: the upgrade is complete.")
-            raise SystemExit(0)
-        self._open(db, lock_expiry, _cache_size(cache_trials))
+        lock_expiry = _lock_expiry(lock_expiry)
+        cache_trials = _cache_size(cache_trials)
+        with db.reachable():
+            if not setup:
+                print(upgrade_for_orion_db_upgrade(db))
+                print("The sql storage's documents need no rewrite: the upgrade is complete.")
+                raise SystemExit(0)
+            self._open(db, lock_expiry, cache_trials)
 
     @classmethod
     def on(cls, database: Database, lock_expiry: float | None = None) -> SQL:
@@ -101,15 +117,13 @@ class SQL(BaseStorageProtocol):
         connection, whose transaction `orion-sql test` rolls back). No trial cache:
         on PostgreSQL a snapshot cannot tell its own transaction's later writes."""
         storage = cls.__new__(cls)
-        storage._open(database, lock_expiry, cache_trials=0)
+        storage._open(database, _lock_expiry(lock_expiry), cache_trials=0)
         return storage
 
-    def _open(self, database: Database, lock_expiry: float | None, cache_trials: int) -> None:
+    def _open(self, database: Database, lock_expiry: float, cache_trials: int) -> None:
         self._db = database
         self._cache_trials = cache_trials
-        self._lock_expiry = float(lock_expiry or os.environ.get(LOCK_EXPIRY_ENV) or DEFAULT_LOCK_EXPIRY_SECONDS)
-        if self._lock_expiry <= 0:
-            raise ValueError(f"lock_expiry must be a positive number of seconds, got {self._lock_expiry}")
+        self._lock_expiry = lock_expiry
         ensure_schema(self._db)
         self._start()
 

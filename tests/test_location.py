@@ -14,10 +14,10 @@ import pytest
 from orion.storage.base import setup_storage
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
 
 import orion_sql.location
 from orion_sql import SQL
+from orion_sql.database import DatabaseUnreachable
 from orion_sql.location import EXAMPLE_URL, ConfigurationError, resolve_url
 from support.documents import make_trial, new_experiment
 
@@ -143,7 +143,7 @@ def test_the_password_never_shows(postgresql_url_fresh, caplog):
     assert url.host in repr(storage) and url.database in repr(storage)
 
     errors = []
-    with pytest.raises(OperationalError) as unreachable:
+    with pytest.raises(DatabaseUnreachable) as unreachable:
         SQL(uri=url.set(database="orion_sql_no_such_database").render_as_string(hide_password=False))
     errors.append(unreachable.value)
     with pytest.raises(ConfigurationError) as refused:

@@ -34,6 +34,7 @@ from orion_sql.models import UtcDateTime
 # One advisory lock key for "the orion_sql schema is being initialised".
 MIGRATION_LOCK_KEY = zlib.crc32(b"orion_sql schema migration")
 # The server notices a vanished client (and drops its locks) within about a minute.
+CONNECT_TIMEOUT_SECONDS = 10
 KEEPALIVE_SETTINGS = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
 
 # The columns of params and results that upsert_values writes, besides trial_id.
@@ -58,7 +59,14 @@ class PostgreSQLDialect(Dialect):
         return {
             "pool_size": 2,
             "max_overflow": 8,
-            "connect_args": {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10},
+            "connect_args": {
+                # A server that accepts the connection but never answers fails the start
+                # after this many seconds instead of hanging (`?connect_timeout=` in the URL).
+                "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+            },
         }
 
     def prepare_engine(self, engine: Engine) -> None:
