@@ -44,7 +44,10 @@ LAST_POLL_SECONDS = 0.05
 
 def _locked_state(row, locked: bool) -> LockedAlgorithmState:
     state = pickle.loads(row.state) if row.state is not None else None
-    return LockedAlgorithmState(state=state, configuration=row.configuration, locked=locked)
+    locked_state = LockedAlgorithmState(state=state, configuration=row.configuration, locked=locked)
+    locked_state.heartbeat = row.heartbeat  # Oríon 0.2.8 has it as an argument; 0.2.7 has none
+    return locked_state
+
 
 
 def _this_lock(experiment_id):

@@ -6,6 +6,8 @@ algorithm lock row, setting trial fields.
 """
 from __future__ import annotations
 
+import datetime
+import pickle
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -35,13 +37,25 @@ def insert_keeping_id(conn: Connection, dialect: Dialect, table: Table, values: 
     return new_id
 
 
-def insert_algorithm_lock(conn: Connection, dialect: Dialect, experiment_id: int, configuration) -> None:
-    """A free algorithm lock with no state yet, for a new experiment."""
-    conn.execute(
-        insert(algo_locks).values(
-            experiment_id=experiment_id, configuration=configuration, state=None, locked=False, heartbeat=dialect.now()
-        )
-    )
+def algorithm_lock_row(
+    dialect: Dialect, experiment_id: int | None, configuration, locked=0, state=None, heartbeat=None
+) -> dict[str, Any]:
+    """The algo_locks row Oríon 0.2.8's ``write_algorithm_lock`` describes; its defaults
+    are 0.2.7's new lock: free, no state, heartbeat now (the server's clock).
+
+    A row written `locked` has no live holder: SQLite treats it as held until
+    `lock_expiry` after its heartbeat (or ``orion db release``); PostgreSQL, where
+    only a live holder's row lock holds it, as free, as it treats a dead holder's lock.
+    """
+    if heartbeat is not None and not isinstance(heartbeat, datetime.datetime):
+        raise ValueError(f"algorithm lock heartbeat must be None or a datetime, got {heartbeat!r}")
+    return {
+        "experiment_id": experiment_id,
+        "configuration": configuration,
+        "state": None if state is None else pickle.dumps(state),
+        "locked": bool(locked),
+        "heartbeat": dialect.now() if heartbeat is None else mapping.naive_utc(heartbeat),
+    }
 
 
 def write_values(conn: Connection, trial_ids: list[int], document: Mapping, replace: bool = False) -> None:

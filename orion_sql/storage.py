@@ -10,7 +10,8 @@ import datetime
 import functools
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orion.core
 from orion.core.io.database.ephemeraldb import EphemeralDocument
@@ -21,7 +22,7 @@ from orion.storage.base import (
     get_trial_uid_and_exp,
     get_uid,
 )
-from sqlalchemy import Table, and_, delete, func, select, update
+from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import mapping, rows, statements
@@ -179,18 +180,27 @@ class SQL(BaseStorageProtocol):
     def fetch_benchmark(self, query, selection=None):
         return self._fetch_documents(benchmarks, BENCHMARK_FILTERS, query, selection)
 
+    def delete_benchmark(self, query):
+        """Oríon 0.2.8: delete the benchmarks matching `query`; returns how many."""
+        return self._write_one(delete(benchmarks).where(self._filter(query, BENCHMARK_FILTERS)))
+
     # --- experiments -------------------------------------------------------------
 
-    def create_experiment(self, config):
+    def create_experiment(self, config, algo_locked=0, algo_state=None, algo_heartbeat=None):
         """Insert an experiment and its algorithm lock together; sets ``config["_id"]``.
 
-        DuplicateKeyError when (name, version) exists. An explicit ``_id`` is kept.
+        The lock is free with no state (Oríon 0.2.7), or as the `algo_*` arguments
+        say (Oríon 0.2.8, see :meth:`write_algorithm_lock`). DuplicateKeyError when
+        (name, version) exists. An explicit ``_id`` is kept.
         """
         values = {**mapping.experiment_columns(config), "id": mapping.explicit_id(config)}
+        lock = rows.algorithm_lock_row(
+            self._db.dialect, None, config.get("algorithm", {}), algo_locked, algo_state, algo_heartbeat
+        )
 
         def create(conn):
             experiment_id = rows.insert_keeping_id(conn, self._db.dialect, experiments, values)
-            rows.insert_algorithm_lock(conn, self._db.dialect, experiment_id, config.get("algorithm", {}))
+            conn.execute(insert(algo_locks).values({**lock, "experiment_id": experiment_id}))
             return experiment_id
 
         config["_id"] = self._db.run(create, write=True)
@@ -373,12 +383,26 @@ class SQL(BaseStorageProtocol):
     # --- algorithm lock ----------------------------------------------------------
 
     def initialize_algorithm_lock(self, experiment_id, algorithm_config):
-        """Create the experiment's algorithm lock; DuplicateKeyError if it has one."""
+        """Oríon 0.2.7: create the experiment's algorithm lock; DuplicateKeyError if it has one."""
+        row = rows.algorithm_lock_row(self._db.dialect, experiment_id, algorithm_config)
+        return self._write_lock(lambda conn: conn.execute(insert(algo_locks).values(row)), experiment_id)
+
+    def write_algorithm_lock(self, experiment_id, algorithm_config, locked=0, state=None, heartbeat=None):
+        """Oríon 0.2.8: create or replace the experiment's algorithm lock (its `orion db load`).
+
+        A lock written `locked` has no live holder (see :func:`orion_sql.rows.algorithm_lock_row`).
+        """
+        row = rows.algorithm_lock_row(self._db.dialect, experiment_id, algorithm_config, locked, state, heartbeat)
+
+        def replace(conn):
+            conn.execute(delete(algo_locks).where(AlgoLockRow.experiment_id == experiment_id))
+            conn.execute(insert(algo_locks).values(row))
+
+        return self._write_lock(replace, experiment_id)
+
+    def _write_lock(self, work: Callable[[Connection], Any], experiment_id) -> int:
         try:
-            self._db.run(
-                lambda conn: rows.insert_algorithm_lock(conn, self._db.dialect, experiment_id, algorithm_config),
-                write=True,
-            )
+            self._db.run(work, write=True)
         except MissingReference:
             raise ValueError(f"experiment {experiment_id!r} does not exist") from None
         return 1
@@ -393,7 +417,7 @@ class SQL(BaseStorageProtocol):
         return self._lock.release(get_uid(experiment, uid), new_state)
 
     def get_algorithm_lock_info(self, experiment=None, uid=None):
-        """The stored algorithm state; ``locked`` is true while someone holds the lock."""
+        """The stored algorithm state and heartbeat; ``locked`` is true while someone holds the lock."""
         return self._lock.info(get_uid(experiment, uid))
 
     def delete_algorithm_lock(self, experiment=None, uid=None):
