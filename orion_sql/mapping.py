@@ -43,6 +43,19 @@ def naive_utc(value: datetime.datetime) -> datetime.datetime:
     return value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
 
 
+def parse_time(value: Any, name: str) -> datetime.datetime | None:
+    """A time as the naive UTC datetime its column holds: a datetime, or the ISO-8601
+    text Oríon's own storage tests write in its place. ValueError names the field."""
+    if value is None or isinstance(value, datetime.datetime):
+        return value if value is None else naive_utc(value)
+    if isinstance(value, str):
+        try:
+            return naive_utc(datetime.datetime.fromisoformat(value))
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be None, a datetime or an ISO-8601 string, got {value!r}")
+
+
 # Oríon's experiment keys stored in a column of their own (a dotted key is nested in
 # the document), with the type each must have. The whole document is kept as well.
 EXPERIMENT_FIELDS: dict[str, tuple[str, type]] = {
@@ -72,9 +85,10 @@ def benchmark_columns(document: Mapping) -> dict[str, Any]:
 def _document_columns(document: Mapping, fields: Mapping[str, tuple[str, type]]) -> dict[str, Any]:
     columns = {}
     for key, (column, kind) in fields.items():
-        if key != "_id":
-            value = _typed(document, key, kind, required=key in REQUIRED_KEYS)
-            columns[column] = naive_utc(value) if isinstance(value, datetime.datetime) else value
+        if kind is datetime.datetime:
+            columns[column] = parse_time(_get_path(document, key), key)
+        elif key != "_id":
+            columns[column] = _typed(document, key, kind, required=key in REQUIRED_KEYS)
     columns["document"] = {key: value for key, value in document.items() if key != "_id"}
     return columns
 
@@ -127,6 +141,7 @@ TRIAL_FIELDS: dict[str, tuple[str, type]] = {
     "heartbeat": ("heartbeat", datetime.datetime),
 }
 TRIAL_VALUE_LISTS = ("params", "results")
+TRIAL_TIMES = ("submit_time", "start_time", "end_time", "heartbeat")
 
 
 def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,19 +158,32 @@ def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
             known = ", ".join([*TRIAL_FIELDS, *TRIAL_VALUE_LISTS])
             raise ValueError(f"unknown trial field {key!r}; trial fields are: {known}")
         column, kind = TRIAL_FIELDS[key]
+        if key in TRIAL_TIMES:
+            if isinstance(value, datetime.datetime) and value.tzinfo is not None:
+                raise ValueError(f"trial field {key!r} must be a naive UTC datetime, got {value!r}")
+            columns[column] = parse_time(value, f"trial field {key!r}")
+            continue
         if value is not None:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(
                     f"trial field {key!r} must be None or {kind.__name__}, got {value!r}"
                 )
-            if isinstance(value, datetime.datetime) and value.tzinfo is not None:
-                raise ValueError(f"trial field {key!r} must be a naive UTC datetime, got {value!r}")
         if key in ("status", "experiment") and value is None:
             raise ValueError(f"trial field {key!r} cannot be None")
         if key == "status":
             validate_status(value)
         columns[column] = value
     return columns
+
+
+def written_times(fields: Mapping[str, Any]) -> dict[str, str | None]:
+    """For each time among `fields`: its text if given as text, else None (text to forget)."""
+    return {key: value if isinstance(value, str) else None for key, value in fields.items() if key in TRIAL_TIMES}
+
+
+def kept_written_times(written: Mapping[str, str | None]) -> dict[str, str] | None:
+    """The `written_times` column's value: the texts only, NULL when there are none."""
+    return {key: text for key, text in written.items() if text is not None} or None
 
 
 def value_rows(trial_id: int | None, values: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -191,6 +219,9 @@ def _as_float(value: int | float) -> float | None:
 def trial_document(row: Mapping, params: list, results: list) -> dict[str, Any]:
     """The dictionary `Trial(**document)` takes, as `Trial.to_dict()` gave it."""
     document = {key: row[column] for key, (column, _) in TRIAL_FIELDS.items()}
+    for key, text in (row["written_times"] or {}).items():
+        if parse_time(text, key) == document[key]:  # later writes of another time replace it
+            document[key] = text
     document["params"] = params
     document["results"] = results
     return document

@@ -144,6 +144,9 @@ class TrialRow(Base):
     heartbeat: Mapped[datetime.datetime | None] = mapped_column()
     # When the row last changed, set by a trigger: see orion_sql.trial_cache.
     change_stamp: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+    # {time field: its ISO-8601 text} for the times written as text (Oríon's own storage
+    # tests do), read back as written while the text still denotes the column's time.
+    written_times: Mapped[dict[str, Any] | None] = mapped_column()
 
 
 class _TrialValue:

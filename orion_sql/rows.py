@@ -11,7 +11,7 @@ import pickle
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from sqlalchemy import Connection, Table, delete, insert, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import mapping
@@ -75,6 +75,7 @@ def set_trial_fields(clause: ColumnElement[bool], fields: Mapping[str, Any]) -> 
     the number of trials matched."""
     columns = mapping.trial_columns(fields)
     expected_id = columns.pop("id", None)
+    written = mapping.written_times(fields)
 
     # With params or results alone, the row is still updated (to itself), so that
     # its change stamp (revision 0003's trigger) tells trial caches to read it again.
@@ -86,6 +87,17 @@ def set_trial_fields(clause: ColumnElement[bool], fields: Mapping[str, Any]) -> 
             raise ValueError(f"a trial's _id cannot be changed (to {expected_id!r})")
         if ids:
             write_values(conn, list(ids), fields, replace=True)
+        if ids and written:
+            _merge_written_times(conn, list(ids), written)
         return len(ids)
 
     return set_fields
+
+
+def _merge_written_times(conn: Connection, trial_ids: list[int], written: Mapping[str, str | None]) -> None:
+    """Record the times these trials were just given as text, forget those given otherwise."""
+    found = conn.execute(select(TrialRow.id, TrialRow.written_times).where(TrialRow.id.in_(trial_ids))).all()
+    merged = [
+        {"trial": row.id, "texts": mapping.kept_written_times({**(row.written_times or {}), **written})} for row in found
+    ]
+    conn.execute(update(trials).where(TrialRow.id == bindparam("trial")).values(written_times=bindparam("texts")), merged)

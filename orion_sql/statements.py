@@ -65,7 +65,7 @@ def trial_documents_of(rows, values) -> list[dict]:
 def completion(dialect: Dialect) -> Complete:
     """push_trial_results' work: write a reserved trial's PUSHED_FIELDS and replace its
     results; returns the trial's row id, or None when no such trial is reserved."""
-    columns = [mapping.TRIAL_FIELDS[key][0] for key in PUSHED_FIELDS]
+    columns = [*(mapping.TRIAL_FIELDS[key][0] for key in PUSHED_FIELDS), "written_times"]
     set_trial = (
         update(trials)
         .where(
@@ -119,7 +119,8 @@ def _completion_binds(trial: Trial) -> tuple[dict[str, Any], list]:
     """The binds of a completion's UPDATE (``trial_hash``, ``experiment``, ``new_<column>``),
     and the trial's new results."""
     document = trial.to_dict()
-    columns = mapping.trial_columns({key: document[key] for key in PUSHED_FIELDS})
+    pushed = {key: document[key] for key in PUSHED_FIELDS}
+    columns = {**mapping.trial_columns(pushed), "written_times": mapping.kept_written_times(mapping.written_times(pushed))}
     binds = {"trial_hash": trial.id, "experiment": trial.experiment}
     binds.update((f"new_{column}", value) for column, value in columns.items())
     return binds, document["results"]

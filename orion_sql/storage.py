@@ -241,7 +241,7 @@ class SQL(BaseStorageProtocol):
         DuplicateKeyError when the experiment already has a trial with this id.
         """
         document = trial.to_dict()
-        columns = mapping.trial_columns(document)
+        columns = {**mapping.trial_columns(document), "written_times": mapping.kept_written_times(mapping.written_times(document))}
 
         def register(conn):
             trial_id = rows.insert_keeping_id(conn, self._db.dialect, trials, columns)
@@ -335,7 +335,7 @@ class SQL(BaseStorageProtocol):
     def set_trial_status(self, trial, status, heartbeat=None, was=None):
         """Move a trial from status `was` (default: trial.status) to `status`.
 
-        The heartbeat is the server's clock unless a datetime is given. A number
+        The heartbeat is the server's clock unless a datetime (or ISO-8601 text) is given. A number
         means the server's clock too: Oríon 0.2.7's ``ExperimentClient.reserve``
         passes its heartbeat interval (seconds) here. FailedUpdate when the stored
         status is not `was`.
@@ -345,14 +345,13 @@ class SQL(BaseStorageProtocol):
         validate_status(was)
         if isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool):
             heartbeat = None
+        clause = and_(self._trial_clause(trial.id, trial.experiment), trials.c.status == was)
         if heartbeat is not None:
-            mapping.trial_columns({"heartbeat": heartbeat})
-        statement = (
-            update(trials)
-            .where(self._trial_clause(trial.id, trial.experiment), trials.c.status == was)
-            .values(status=status, heartbeat=heartbeat or self._db.dialect.now())
-        )
-        if not self._db.run(rows.rows_matched(statement), write=True, autocommit=True):
+            changed = self._db.run(rows.set_trial_fields(clause, {"status": status, "heartbeat": heartbeat}), write=True)
+        else:
+            statement = update(trials).where(clause).values(status=status, heartbeat=self._db.dialect.now())
+            changed = self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
+        if not changed:
             raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not {was!r}")
         trial.status = status
 
@@ -395,7 +394,7 @@ class SQL(BaseStorageProtocol):
         row = rows.algorithm_lock_row(self._db.dialect, experiment_id, algorithm_config, locked, state, heartbeat)
 
         def replace(conn):
-            conn.execute(delete(algo_locks).where(AlgoLockRow.experiment_id == experiment_id))
+            conn.execute(delete(algo_locks).where(algo_locks.c.experiment_id == experiment_id))
             conn.execute(insert(algo_locks).values(row))
 
         return self._write_lock(replace, experiment_id)

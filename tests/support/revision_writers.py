@@ -201,4 +201,5 @@ WRITERS: dict[str, Callable[[sa.Connection, OrionRecord], int]] = {
     "0002_analytics_views": write_0001_initial,  # views only: the tables are 0001's
     # New columns all filled by defaults and triggers: 0001's inserts are still complete.
     "0003_trial_change_tracking": write_0001_initial,
+    "0004_times_written_as_text": write_0001_initial,  # a nullable column, NULL for datetimes
 }
