@@ -18,12 +18,22 @@ DATETIME_TAG = "$datetime"
 FLOAT_TAG = "$float"
 
 
+def checked_text(value: str, name: str) -> str:
+    """`value`, unless it holds a NUL character, which PostgreSQL cannot store (refused
+    on SQLite too, so that every database accepts the same data)."""
+    if "\x00" in value:
+        raise ValueError(f"{name}: {value[:40]!r} contains a NUL character, which cannot be stored")
+    return value
+
+
 def to_json_safe(value: Any, path: str = "") -> Any:
     """Return `value` as plain JSON data, tagging what JSON cannot represent.
 
     Raises ValueError, naming the path, for what cannot be stored exactly.
     """
-    if value is None or isinstance(value, (bool, str, int)):
+    if isinstance(value, str):
+        return checked_text(value, path or "value")
+    if value is None or isinstance(value, (bool, int)):
         return value
     if isinstance(value, float):
         text = repr(value)  # 'nan', 'inf', '-inf', '-0.0', '1e+300', or a plain decimal
@@ -36,6 +46,7 @@ def to_json_safe(value: Any, path: str = "") -> Any:
         for key in value:
             if not isinstance(key, str):
                 raise ValueError(f"{path or 'document'}: key {key!r} is not a string")
+            checked_text(key, f"{path or 'document'}: key")
         return {key: to_json_safe(item, _join(path, key)) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_json_safe(item, f"{path}[{index}]") for index, item in enumerate(value)]

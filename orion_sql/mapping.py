@@ -14,6 +14,28 @@ from typing import Any
 
 from orion.core.worker.trial import validate_status
 
+from orion_sql.exact_json import checked_text, to_json_safe
+
+
+# Ids and versions are INTEGER columns, 32 bits on PostgreSQL: one range on every database.
+INTEGER_RANGE = range(-(2**31), 2**31)
+# Names are in unique indexes, whose entries PostgreSQL caps at about 2.7 kB.
+MAX_NAME_BYTES = 2000
+
+
+def checked_id(value: Any, name: str) -> int:
+    """An id or version: an integer in the range of the INTEGER columns."""
+    if not isinstance(value, int) or isinstance(value, bool) or value not in INTEGER_RANGE:
+        raise ValueError(f"{name} must be an integer from {INTEGER_RANGE.start} to {INTEGER_RANGE.stop - 1}, got {value!r}")
+    return value
+
+
+def checked_name(value: str, name: str) -> str:
+    """A name: text that fits in a unique index."""
+    checked_text(value, name)
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ValueError(f"{name} is {len(value)} characters long; at most {MAX_NAME_BYTES} bytes can be indexed")
+    return value
 
 def _get_path(document: Mapping, dotted: str) -> Any:
     value: Any = document
@@ -33,7 +55,9 @@ def _typed(document: Mapping, dotted: str, kind: type | tuple, required: bool = 
         raise ValueError(
             f"{dotted} must be {'a' if required else 'None or a'} {names}, got {value!r}"
         )
-    return value
+    if isinstance(value, int):
+        return checked_id(value, dotted)
+    return checked_name(value, dotted) if dotted == "name" else checked_text(value, dotted)
 
 
 def naive_utc(value: datetime.datetime) -> datetime.datetime:
@@ -89,8 +113,16 @@ def _document_columns(document: Mapping, fields: Mapping[str, tuple[str, type]])
             columns[column] = parse_time(_get_path(document, key), key)
         elif key != "_id":
             columns[column] = _typed(document, key, kind, required=key in REQUIRED_KEYS)
-    columns["document"] = {key: value for key, value in document.items() if key != "_id"}
+    columns["document"] = _checked_document(document)
     return columns
+
+
+def _checked_document(document: Mapping) -> dict[str, Any]:
+    """The document to store (without `_id`), refused here, naming the key, if JSON
+    cannot hold it: before any statement runs, not halfway through one."""
+    stored = {key: value for key, value in document.items() if key != "_id"}
+    to_json_safe(stored)
+    return stored
 
 
 def explicit_id(document: Mapping) -> int | None:
@@ -168,6 +200,12 @@ def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(
                     f"trial field {key!r} must be None or {kind.__name__}, got {value!r}"
                 )
+            if kind is int:
+                checked_id(value, f"trial field {key!r}")
+            else:
+                checked_text(value, f"trial field {key!r}")
+                if key in ("id", "parent") and len(value) > 32:
+                    raise ValueError(f"trial field {key!r} is a hash of at most 32 characters, got {value!r}")
         if key in ("status", "experiment") and value is None:
             raise ValueError(f"trial field {key!r} cannot be None")
         if key == "status":
@@ -194,6 +232,14 @@ def value_rows(trial_id: int | None, values: Iterable[Mapping[str, Any]]) -> lis
         if unknown:
             raise ValueError(f"param/result {item!r} has unknown keys {sorted(unknown)}")
         value: Any = item.get("value")
+        where = f"{item.get('name')!r}"
+        for field in ("name", "type"):
+            if not isinstance(item.get(field), (str, type(None))):
+                raise ValueError(f"param/result {where}: {field} must be a string, got {item.get(field)!r}")
+            checked_text(item.get(field) or "", f"param/result {where} {field}")
+        if len(item.get("type") or "") > 16:
+            raise ValueError(f"param/result {where}: type {item['type']!r} is longer than 16 characters")
+        to_json_safe(value, f"param/result {where} value")
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         rows.append(
             {

@@ -61,7 +61,24 @@ def compile_filter(query: Mapping | None, collection: Collection, dialect: Diale
         return true()
     if not isinstance(query, Mapping):
         raise ValueError(f"a {collection.noun} filter must be a dict, got {query!r}")
+    _check_text(query, f"{collection.noun} filter")
     return and_(*(_predicate(key, value, collection, dialect) for key, value in flatten(dict(query)).items()))
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Keys must be strings, and no text may hold a NUL character, which no database
+    stores (PostgreSQL cannot): refused in filters too, the same on every database."""
+    if isinstance(value, str):
+        exact_json.checked_text(value, where)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_text(item, where)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: key {key!r} is not a string")
+            _check_text(key, f"{where} key")
+            _check_text(item, f"{where} key {key[:40]!r}")
 
 
 def _predicate(key: str, value: Any, collection: Collection, dialect: Dialect) -> ColumnElement[bool]:

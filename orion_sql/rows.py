@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import mapping
+from orion_sql.exact_json import to_json_safe
 from orion_sql.dialects import Dialect
 from orion_sql.models import TrialRow, algo_locks, params, results, trials
 
@@ -49,6 +50,9 @@ def algorithm_lock_row(
     """
     if heartbeat is not None and not isinstance(heartbeat, datetime.datetime):
         raise ValueError(f"algorithm lock heartbeat must be None or a datetime, got {heartbeat!r}")
+    if experiment_id is not None:
+        mapping.checked_id(experiment_id, "experiment id")
+    to_json_safe(configuration, "algorithm configuration")
     return {
         "experiment_id": experiment_id,
         "configuration": configuration,

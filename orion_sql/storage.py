@@ -19,6 +19,7 @@ from orion.core.worker.trial import Trial, validate_status
 from orion.storage.base import (
     BaseStorageProtocol,
     FailedUpdate,
+    LockAcquisitionTimeout,
     get_trial_uid_and_exp,
     get_uid,
 )
@@ -28,6 +29,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from orion_sql import mapping, rows, statements
 from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
+from orion_sql.exact_json import checked_text
 from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
 from orion_sql.location import ConfigurationError, redact, resolve_url
 from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, algo_locks, benchmarks, experiments, trials
@@ -54,6 +56,18 @@ def _cache_size(cache_trials: int | None) -> int:
         source = "cache_trials" if cache_trials is not None else CACHE_TRIALS_ENV
         raise ConfigurationError(f"{source} must be a whole number of trials (0 turns the cache off), got {given!r}")
     return size
+
+
+def _experiment_id(experiment, uid) -> int:
+    """Oríon's `experiment` or `uid` argument, refused unless it is an integer id."""
+    return mapping.checked_id(get_uid(experiment, uid), "experiment id")
+
+
+def _trial_and_experiment_ids(trial, uid, experiment_uid) -> tuple[str, int]:
+    trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
+    if not isinstance(trial_uid, str):
+        raise ValueError(f"trial id must be a string (the trial's hash), got {trial_uid!r}")
+    return checked_text(trial_uid, "trial id"), mapping.checked_id(experiment_uid, "experiment id")
 
 
 def _lock_expiry(given) -> float:
@@ -208,7 +222,7 @@ class SQL(BaseStorageProtocol):
 
     def delete_experiment(self, experiment=None, uid=None):
         """Delete an experiment; its trials and algorithm lock go with it (cascade)."""
-        uid = get_uid(experiment, uid)
+        uid = _experiment_id(experiment, uid)
         statement = delete(experiments).where(experiments.c.id == uid)
         return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
@@ -217,7 +231,7 @@ class SQL(BaseStorageProtocol):
 
         Returns the number of experiments matched. ``_id`` cannot be changed.
         """
-        uid = get_uid(experiment, uid)
+        uid = _experiment_id(experiment, uid)
         clause = and_(experiments.c.id == uid, self._filter(where, EXPERIMENT_FILTERS))
 
         def update_documents(conn):
@@ -255,7 +269,7 @@ class SQL(BaseStorageProtocol):
         return trial
 
     def delete_trials(self, experiment=None, uid=None, where=None):
-        uid = get_uid(experiment, uid)
+        uid = _experiment_id(experiment, uid)
         clause = and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
         return self._db.run(rows.rows_matched(delete(trials).where(clause)), write=True, autocommit=True)
 
@@ -285,25 +299,25 @@ class SQL(BaseStorageProtocol):
         Without `where`, served by this process's trial cache: only the trials that
         changed since its last read are read again.
         """
-        uid = get_uid(experiment, uid)
+        uid = _experiment_id(experiment, uid)
         if where is None and self._cache is not None:
             return self._cache.trials(self._db, uid)
         return self._select_trials(and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS)))
 
     def update_trials(self, experiment=None, uid=None, where=None, **kwargs):
         """Set fields of the matching trials; returns how many matched."""
-        uid = get_uid(experiment, uid)
+        uid = _experiment_id(experiment, uid)
         clause = and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
         return self._db.run(rows.set_trial_fields(clause, kwargs), write=True)
 
     def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):
         """Set fields of one trial (by its id and experiment); returns 1 or 0."""
-        trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
+        trial_uid, experiment_uid = _trial_and_experiment_ids(trial, uid, experiment_uid)
         clause = self._trial_clause(trial_uid, experiment_uid, where)
         return self._db.run(rows.set_trial_fields(clause, kwargs), write=True)
 
     def get_trial(self, trial=None, uid=None, experiment_uid=None):
-        trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
+        trial_uid, experiment_uid = _trial_and_experiment_ids(trial, uid, experiment_uid)
         found = self._select_trials(self._trial_clause(trial_uid, experiment_uid))
         return found[0] if found else None
 
@@ -413,14 +427,14 @@ class SQL(BaseStorageProtocol):
         lock, or (PostgreSQL) a live worker holds it: a dead one's lock is
         released by the server with its connection.
         """
-        return self._lock.release(get_uid(experiment, uid), new_state)
+        return self._lock.release(_experiment_id(experiment, uid), new_state)
 
     def get_algorithm_lock_info(self, experiment=None, uid=None):
         """The stored algorithm state and heartbeat; ``locked`` is true while someone holds the lock."""
-        return self._lock.info(get_uid(experiment, uid))
+        return self._lock.info(_experiment_id(experiment, uid))
 
     def delete_algorithm_lock(self, experiment=None, uid=None):
-        statement = delete(algo_locks).where(algo_locks.c.experiment_id == get_uid(experiment, uid))
+        statement = delete(algo_locks).where(algo_locks.c.experiment_id == _experiment_id(experiment, uid))
         return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
     def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
@@ -428,7 +442,12 @@ class SQL(BaseStorageProtocol):
 
         LockAcquisitionTimeout when not acquired within `timeout` seconds.
         """
-        return self._lock.acquire(get_uid(experiment, uid), timeout, retry_interval)
+        uid = get_uid(experiment, uid)
+        try:
+            mapping.checked_id(uid, "experiment id")
+        except ValueError:  # Oríon expects its protocol error for an id that names no lock
+            raise LockAcquisitionTimeout(f"experiment {uid!r} has no algorithm lock") from None
+        return self._lock.acquire(uid, timeout, retry_interval)
 
     # --- helpers -----------------------------------------------------------------
 
