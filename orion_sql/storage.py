@@ -196,7 +196,8 @@ class SQL(BaseStorageProtocol):
 
     def delete_benchmark(self, query):
         """Oríon 0.2.8: delete the benchmarks matching `query`; returns how many."""
-        return self._write_one(delete(benchmarks).where(self._filter(query, BENCHMARK_FILTERS)))
+        statement = delete(benchmarks).where(self._filter(query, BENCHMARK_FILTERS))
+        return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
     # --- experiments -------------------------------------------------------------
 

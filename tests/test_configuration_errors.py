@@ -128,14 +128,14 @@ def test_a_sqlite_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path):
 def test_a_new_sqlite_file_is_logged_at_info_with_its_absolute_path(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO, logger="orion_sql")
-    SQL(uri="relative/new.sqlite")._db.dispose()
+    SQL(uri="relative/new.sqlite").close()
     created = [record.getMessage() for record in caplog.records if "creating the SQLite database" in record.getMessage()]
     assert created == [f"orion_sql: creating the SQLite database {tmp_path / 'relative' / 'new.sqlite'}"]
 
     caplog.clear()
-    SQL(uri="relative/new.sqlite")._db.dispose()  # it exists now
+    SQL(uri="relative/new.sqlite").close()  # it exists now
     monkeypatch.setattr(orion_sql.database, "DEFAULT_SQLITE_PATH", str(tmp_path / "default.sqlite"))
-    SQL(uri=str(tmp_path / "default.sqlite"))._db.dispose()  # the embedded default: expected, not news
+    SQL(uri=str(tmp_path / "default.sqlite")).close()  # the embedded default: expected, not news
     assert not [record for record in caplog.records if "creating the SQLite database" in record.getMessage()]
 
 

@@ -83,7 +83,7 @@ def test_a_lock_written_locked_has_no_live_holder(database_url, request):
         time.sleep(1.2)  # the written heartbeat expires
     with storage.acquire_algorithm_lock(uid=uid, timeout=5) as locked:
         assert locked.state == STATE
-    storage._db.dispose()
+    storage.close()
 
 
 def test_delete_benchmark(storage):

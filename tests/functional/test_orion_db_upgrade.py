@@ -5,7 +5,7 @@ import pytest
 from orion.client import build_experiment
 
 from orion_sql.database import Database
-from orion_sql.engine import resolve_url
+from orion_sql.location import resolve_url
 from orion_sql.schema import downgrade, head_revision, revisions
 from support.schema import revision_of
 
