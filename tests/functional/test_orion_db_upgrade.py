@@ -16,11 +16,11 @@ def test_orion_db_upgrade_brings_an_older_schema_to_head_and_keeps_the_data(orio
     client = build_experiment("kept", space={"x": "uniform(0, 1)"}, storage=storage_config)
     client.insert({"x": 0.5}, results=[{"name": "objective", "type": "objective", "value": 0.25}])
     client.insert({"x": 0.75})
+    before = rows.snapshot()  # at head: the rows as the models describe them
     oldest = revisions()[0]
     database = Database(resolve_url(orion_cli.url))
     downgrade(database, oldest)
     database.dispose()
-    before = rows.snapshot()
 
     upgraded = orion_cli.run("db", "upgrade", "-f", via="file")
 
