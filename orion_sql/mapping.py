@@ -16,7 +16,6 @@ from orion.core.worker.trial import validate_status
 
 from orion_sql.exact_json import checked_text, to_json_safe
 
-
 # Ids and versions are INTEGER columns, 32 bits on PostgreSQL: one range on every database.
 INTEGER_RANGE = range(-(2**31), 2**31)
 # Names are in unique indexes, whose entries PostgreSQL caps at about 2.7 kB.
@@ -26,7 +25,8 @@ MAX_NAME_BYTES = 2000
 def checked_id(value: Any, name: str) -> int:
     """An id or version: an integer in the range of the INTEGER columns."""
     if not isinstance(value, int) or isinstance(value, bool) or value not in INTEGER_RANGE:
-        raise ValueError(f"{name} must be an integer from {INTEGER_RANGE.start} to {INTEGER_RANGE.stop - 1}, got {value!r}")
+        low, high = INTEGER_RANGE.start, INTEGER_RANGE.stop - 1
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
     return value
 
 
@@ -57,7 +57,9 @@ def _typed(document: Mapping, dotted: str, kind: type | tuple, required: bool = 
         )
     if isinstance(value, int):
         return checked_id(value, dotted)
-    return checked_name(value, dotted) if dotted == "name" else checked_text(value, dotted)
+    if isinstance(value, str):
+        return checked_name(value, dotted) if dotted == "name" else checked_text(value, dotted)
+    return value
 
 
 def naive_utc(value: datetime.datetime) -> datetime.datetime:
@@ -107,7 +109,7 @@ def benchmark_columns(document: Mapping) -> dict[str, Any]:
 
 
 def _document_columns(document: Mapping, fields: Mapping[str, tuple[str, type]]) -> dict[str, Any]:
-    columns = {}
+    columns: dict[str, Any] = {}
     for key, (column, kind) in fields.items():
         if kind is datetime.datetime:
             columns[column] = parse_time(_get_path(document, key), key)
@@ -200,9 +202,9 @@ def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(
                     f"trial field {key!r} must be None or {kind.__name__}, got {value!r}"
                 )
-            if kind is int:
+            if isinstance(value, int):
                 checked_id(value, f"trial field {key!r}")
-            else:
+            elif isinstance(value, str):
                 checked_text(value, f"trial field {key!r}")
                 if key in ("id", "parent") and len(value) > 32:
                     raise ValueError(f"trial field {key!r} is a hash of at most 32 characters, got {value!r}")
@@ -222,6 +224,12 @@ def written_times(fields: Mapping[str, Any]) -> dict[str, str | None]:
 def kept_written_times(written: Mapping[str, str | None]) -> dict[str, str] | None:
     """The `written_times` column's value: the texts only, NULL when there are none."""
     return {key: text for key, text in written.items() if text is not None} or None
+
+
+def whole_trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`trial_columns` of fields that give every time of a trial (registering or
+    pushing one), with the `written_times` they make."""
+    return {**trial_columns(fields), "written_times": kept_written_times(written_times(fields))}
 
 
 def value_rows(trial_id: int | None, values: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

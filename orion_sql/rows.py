@@ -15,9 +15,9 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import mapping
-from orion_sql.exact_json import to_json_safe
 from orion_sql.dialects import Dialect
-from orion_sql.models import TrialRow, algo_locks, params, results, trials
+from orion_sql.exact_json import to_json_safe
+from orion_sql.models import TrialRow, params, results, trials
 
 # The tables of a trial's value lists, by document key.
 VALUE_TABLES = {"params": params, "results": results}
@@ -102,6 +102,8 @@ def _merge_written_times(conn: Connection, trial_ids: list[int], written: Mappin
     """Record the times these trials were just given as text, forget those given otherwise."""
     found = conn.execute(select(TrialRow.id, TrialRow.written_times).where(TrialRow.id.in_(trial_ids))).all()
     merged = [
-        {"trial": row.id, "texts": mapping.kept_written_times({**(row.written_times or {}), **written})} for row in found
+        {"trial": row.id, "texts": mapping.kept_written_times({**(row.written_times or {}), **written})}
+        for row in found
     ]
-    conn.execute(update(trials).where(TrialRow.id == bindparam("trial")).values(written_times=bindparam("texts")), merged)
+    statement = update(trials).where(TrialRow.id == bindparam("trial")).values(written_times=bindparam("texts"))
+    conn.execute(statement, merged)

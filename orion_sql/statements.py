@@ -120,7 +120,7 @@ def _completion_binds(trial: Trial) -> tuple[dict[str, Any], list]:
     and the trial's new results."""
     document = trial.to_dict()
     pushed = {key: document[key] for key in PUSHED_FIELDS}
-    columns = {**mapping.trial_columns(pushed), "written_times": mapping.kept_written_times(mapping.written_times(pushed))}
+    columns = mapping.whole_trial_columns(pushed)
     binds = {"trial_hash": trial.id, "experiment": trial.experiment}
     binds.update((f"new_{column}", value) for column, value in columns.items())
     return binds, document["results"]

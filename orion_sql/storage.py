@@ -256,7 +256,7 @@ class SQL(BaseStorageProtocol):
         DuplicateKeyError when the experiment already has a trial with this id.
         """
         document = trial.to_dict()
-        columns = {**mapping.trial_columns(document), "written_times": mapping.kept_written_times(mapping.written_times(document))}
+        columns = mapping.whole_trial_columns(document)
 
         def register(conn):
             trial_id = rows.insert_keeping_id(conn, self._db.dialect, trials, columns)
@@ -362,7 +362,8 @@ class SQL(BaseStorageProtocol):
             heartbeat = None
         clause = and_(self._trial_clause(trial.id, trial.experiment), trials.c.status == was)
         if heartbeat is not None:
-            changed = self._db.run(rows.set_trial_fields(clause, {"status": status, "heartbeat": heartbeat}), write=True)
+            fields = {"status": status, "heartbeat": heartbeat}
+            changed = self._db.run(rows.set_trial_fields(clause, fields), write=True)
         else:
             statement = update(trials).where(clause).values(status=status, heartbeat=self._db.dialect.now())
             changed = self._db.run(rows.rows_matched(statement), write=True, autocommit=True)

@@ -33,7 +33,10 @@ def _mistakes(database_url: str) -> dict[str, tuple[dict, str]]:
     one_slash = f"postgresql:/{url.host}/{url.database}" if url.host else f"sqlite:{url.database}"
     typo = url.set(drivername=url.drivername.replace("postgresql", "postgresq").replace("sqlite", "sqlit"))
     return {
-        "scheme typo": ({"uri": typo.render_as_string(hide_password=False)}, "is not a database the sql storage supports"),
+        "scheme typo": (
+            {"uri": typo.render_as_string(hide_password=False)},
+            "is not a database the sql storage supports",
+        ),
         "unknown key": ({"database": {"host": database_url, "user": "bob"}}, "storage.database.user is not a setting"),
         "in-memory SQLite": ({"uri": "sqlite:///:memory:"}, "is an in-memory SQLite database"),
         "one slash": ({"uri": one_slash}, "looks like a URL but is not one"),
@@ -44,7 +47,9 @@ MISTAKES = ["scheme typo", "unknown key", "in-memory SQLite", "one slash"]
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)
-def test_setup_storage_and_create_experiment_let_orion_sql_s_message_through(database_url, mistake, tmp_path, monkeypatch):
+def test_setup_storage_and_create_experiment_let_orion_sql_s_message_through(
+    database_url, mistake, tmp_path, monkeypatch
+):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -118,7 +123,8 @@ def test_a_server_that_never_answers_fails_after_the_default_connect_timeout(sil
 
 def test_a_sqlite_file_that_cannot_be_opened_is_one_line_naming_it(tmp_path):
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(DatabaseUnreachable, match=r"cannot open the database sqlite\+pysqlite:///.*a-file/orion.sqlite: "):
+    opening = r"cannot open the database sqlite\+pysqlite:///.*a-file/orion.sqlite: "
+    with pytest.raises(DatabaseUnreachable, match=opening):
         SQL(uri=str(tmp_path / "a-file" / "orion.sqlite"))
 
 
@@ -129,7 +135,8 @@ def test_a_new_sqlite_file_is_logged_at_info_with_its_absolute_path(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.INFO, logger="orion_sql")
     SQL(uri="relative/new.sqlite").close()
-    created = [record.getMessage() for record in caplog.records if "creating the SQLite database" in record.getMessage()]
+    messages = [record.getMessage() for record in caplog.records]
+    created = [message for message in messages if "creating the SQLite database" in message]
     assert created == [f"orion_sql: creating the SQLite database {tmp_path / 'relative' / 'new.sqlite'}"]
 
     caplog.clear()

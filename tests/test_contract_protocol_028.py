@@ -22,7 +22,8 @@ STATE = {"rng": [1, 2, 3], "suggested": 7}
 
 def test_the_entry_point_is_found_through_importlib_metadata():
     """Oríon 0.2.8 finds storage plugins with importlib.metadata (0.2.7: pkg_resources)."""
-    (entry_point,) = [point for point in importlib.metadata.entry_points(group="BaseStorageProtocol") if point.name == "sql"]
+    found = importlib.metadata.entry_points(group="BaseStorageProtocol")
+    (entry_point,) = [point for point in found if point.name == "sql"]
     assert entry_point.load() is SQL
 
 

@@ -75,7 +75,10 @@ def experiment(storage):
 
 
 @EXAMPLES
-@given(value=hostile_value, where=st.sampled_from(["name", "version", "metadata.user", "space.x", "refers.parent_id", "_id"]))
+@given(
+    value=hostile_value,
+    where=st.sampled_from(["name", "version", "metadata.user", "space.x", "refers.parent_id", "_id"]),
+)
 def test_create_experiment(storage, value, where):
     config = {"name": f"e{next(_unique)}", "version": 1, "algorithm": {"random": {}}, "metadata": {"user": "u"}}
     target = config
@@ -110,7 +113,10 @@ def test_register_trial_params(storage, experiment, value, field):
 
 
 @EXAMPLES
-@given(value=hostile_value, field=st.sampled_from(["worker", "exp_working_dir", "heartbeat", "submit_time", "status", "parent", "id", "_id"]))
+@given(
+    value=hostile_value,
+    field=st.sampled_from(["worker", "exp_working_dir", "heartbeat", "submit_time", "status", "parent", "id", "_id"]),
+)
 def test_update_trials(storage, experiment, value, field):
     trial = storage.register_trial(Trial(experiment=experiment["_id"], status="new",
                                          params=[{"name": "x", "type": "real", "value": next(_unique)}]))
@@ -144,8 +150,11 @@ def test_algorithm_lock_writes(storage, experiment, value, configuration):
 
 
 @EXAMPLES
-@given(value=hostile_value, key=st.one_of(st.sampled_from(["name", "_id", "version", "metadata.user", "space.x"]), hostile_text),
-       operator=st.sampled_from([None, "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte"]))
+@given(
+    value=hostile_value,
+    key=st.one_of(st.sampled_from(["name", "_id", "version", "metadata.user", "space.x"]), hostile_text),
+    operator=st.sampled_from([None, "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte"]),
+)
 def test_filters(storage, experiment, value, key, operator):
     query = {key: value if operator is None else {operator: value}}
     trial_query = {("status" if key == "name" else key): query[key]}
