@@ -226,6 +226,12 @@ def kept_written_times(written: Mapping[str, str | None]) -> dict[str, str] | No
     return {key: text for key, text in written.items() if text is not None} or None
 
 
+def time_as_written(value: datetime.datetime | None, text: str, key: str) -> datetime.datetime | str | None:
+    """A stored time as it was written: its text while the text still denotes it (a
+    later write of another time, such as the server's clock on a heartbeat, replaces it)."""
+    return text if parse_time(text, key) == value else value
+
+
 def whole_trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
     """:func:`trial_columns` of fields that give every time of a trial (registering or
     pushing one), with the `written_times` they make."""
@@ -274,8 +280,7 @@ def trial_document(row: Mapping, params: list, results: list) -> dict[str, Any]:
     """The dictionary `Trial(**document)` takes, as `Trial.to_dict()` gave it."""
     document = {key: row[column] for key, (column, _) in TRIAL_FIELDS.items()}
     for key, text in (row["written_times"] or {}).items():
-        if parse_time(text, key) == document[key]:  # later writes of another time replace it
-            document[key] = text
+        document[key] = time_as_written(document[key], text, key)
     document["params"] = params
     document["results"] = results
     return document

@@ -34,6 +34,7 @@ from typing import Any
 from orion.core.worker.trial import Trial
 from sqlalchemy import CompoundSelect, Connection, Select, bindparam, exists, select
 
+from orion_sql import mapping
 from orion_sql.database import Database
 from orion_sql.dialects import Dialect
 from orion_sql.exact_json import loads_value
@@ -146,6 +147,8 @@ def _same(cached: _Experiment, found) -> bool:
 
 def _sort_key(trial: Trial) -> tuple:
     submitted = trial.submit_time
+    if isinstance(submitted, str):  # written as ISO-8601 text: ordered as the time it denotes
+        submitted = mapping.parse_time(submitted, "submit_time")
     return (submitted is not None, submitted or _EARLIEST, trial.id_override)
 
 
@@ -199,6 +202,7 @@ def changed_trials_statements(dialect: Dialect) -> tuple[Select, CompoundSelect]
 _ROW_COLUMNS = (
     TrialRow.id, TrialRow.experiment_id, TrialRow.status, TrialRow.worker, TrialRow.exp_working_dir,
     TrialRow.heartbeat, TrialRow.submit_time, TrialRow.start_time, TrialRow.end_time, TrialRow.parent_hash,
+    TrialRow.written_times,
 )
 _new = object.__new__
 _Param, _Result = Trial.Param, Trial.Result
@@ -243,7 +247,7 @@ def build_trials(rows, values) -> list[Trial]:
     position; values as JSON text), built as ``Trial(**document)`` would build them, without its checks:
     what the database holds passed them when written, and its constraints hold."""
     built = {}
-    for trial_id, experiment, status, worker, working_dir, heartbeat, submitted, started, ended, parent in rows:
+    for trial_id, experiment, status, worker, working_dir, heartbeat, submitted, started, ended, parent, texts in rows:
         trial = _new(Trial)
         trial.experiment = experiment
         trial._id = None
@@ -256,6 +260,8 @@ def build_trials(rows, values) -> list[Trial]:
         trial.end_time = ended
         trial.parent = parent
         trial.id_override = trial_id
+        for key, text in (texts or {}).items():  # times written as ISO-8601 text
+            setattr(trial, key, mapping.time_as_written(getattr(trial, key), text, key))
         trial._params = []
         trial._results = []
         built[trial_id] = trial
