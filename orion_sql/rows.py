@@ -50,8 +50,6 @@ def algorithm_lock_row(
     """
     if heartbeat is not None and not isinstance(heartbeat, datetime.datetime):
         raise ValueError(f"algorithm lock heartbeat must be None or a datetime, got {heartbeat!r}")
-    if experiment_id is not None:
-        mapping.checked_id(experiment_id, "experiment id")
     to_json_safe(configuration, "algorithm configuration")
     return {
         "experiment_id": experiment_id,

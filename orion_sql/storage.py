@@ -399,6 +399,7 @@ class SQL(BaseStorageProtocol):
 
     def initialize_algorithm_lock(self, experiment_id, algorithm_config):
         """Oríon 0.2.7: create the experiment's algorithm lock; DuplicateKeyError if it has one."""
+        experiment_id = mapping.checked_id(experiment_id, "experiment id")
         row = rows.algorithm_lock_row(self._db.dialect, experiment_id, algorithm_config)
         return self._write_lock(lambda conn: conn.execute(insert(algo_locks).values(row)), experiment_id)
 
@@ -407,6 +408,7 @@ class SQL(BaseStorageProtocol):
 
         A lock written `locked` has no live holder (see :func:`orion_sql.rows.algorithm_lock_row`).
         """
+        experiment_id = mapping.checked_id(experiment_id, "experiment id")
         row = rows.algorithm_lock_row(self._db.dialect, experiment_id, algorithm_config, locked, state, heartbeat)
 
         def replace(conn):
