@@ -8,19 +8,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from orion_sql.checks.base import Check, CheckFailed, DialectChecks, Probe, passed
-from orion_sql.database import CONNECTIONS_PER_WORKER, CONNECTIONS_WHILE_HOLDING_LOCK, Database
+from orion_sql.checks.common import open_database
+from orion_sql.database import CONNECTIONS_PER_WORKER, CONNECTIONS_WHILE_HOLDING_LOCK
 
-# How long the checks wait for the server to answer a new connection (unless the URL says).
-CONNECT_TIMEOUT_SECONDS = 10
 _SERVER_PROCESS = text("SELECT pg_backend_pid()")
-
-
-def open_database(probe: Probe) -> None:
-    url = probe.url
-    if "connect_timeout" not in url.query:
-        url = url.update_query_dict({"connect_timeout": str(CONNECT_TIMEOUT_SECONDS)})
-    probe.database = Database(url)
-    probe.cleanups.append(probe.database.dispose)
 
 
 def version(conn) -> str:
@@ -112,7 +103,7 @@ POSTGRESQL = DialectChecks(
         Check("pooler", "whether a connection pooler is in front", check_pooler, needs=("connection",)),
         Check("connections", "room for workers on the server", check_connections, needs=("pooler",)),
     ],
-    open=open_database,
+    open=open_database,  # as the storage opens it, with its connect timeout
     version=version,
     connect_advice=connect_advice,
     write_advice=write_advice,
