@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import math
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,66 +18,20 @@ from orion.storage.base import (
     BaseStorageProtocol,
     FailedUpdate,
     LockAcquisitionTimeout,
-    get_trial_uid_and_exp,
     get_uid,
 )
 from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from orion_sql import mapping, rows, statements
+from orion_sql import arguments, mapping, rows, statements
 from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
-from orion_sql.exact_json import checked_text
 from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
-from orion_sql.location import ConfigurationError, redact, resolve_url
+from orion_sql.location import redact, resolve_url
 from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, algo_locks, benchmarks, experiments, trials
 from orion_sql.query import Collection, compile_filter
 from orion_sql.schema import ensure_schema, upgrade_for_orion_db_upgrade
 from orion_sql.trial_cache import TrialCache
-
-LOCK_EXPIRY_ENV = "ORION_SQL_LOCK_EXPIRY"
-DEFAULT_LOCK_EXPIRY_SECONDS = 60.0
-CACHE_TRIALS_ENV = "ORION_SQL_CACHE_TRIALS"
-DEFAULT_CACHE_TRIALS = 100_000
-
-
-def _cache_size(cache_trials: int | None) -> int:
-    """How many trials the cache keeps: the argument, else the environment, else the default."""
-    given = cache_trials if cache_trials is not None else os.environ.get(CACHE_TRIALS_ENV)
-    if given is None or given == "":
-        return DEFAULT_CACHE_TRIALS
-    try:
-        size = int(given)
-    except (TypeError, ValueError):
-        size = -1
-    if size < 0 or isinstance(given, bool):
-        source = "cache_trials" if cache_trials is not None else CACHE_TRIALS_ENV
-        raise ConfigurationError(f"{source} must be a whole number of trials (0 turns the cache off), got {given!r}")
-    return size
-
-
-def _experiment_id(experiment, uid) -> int:
-    """Oríon's `experiment` or `uid` argument, refused unless it is an integer id."""
-    return mapping.checked_id(get_uid(experiment, uid), "experiment id")
-
-
-def _trial_and_experiment_ids(trial, uid, experiment_uid) -> tuple[str, int]:
-    trial_uid, experiment_uid = get_trial_uid_and_exp(trial, uid, experiment_uid)
-    if not isinstance(trial_uid, str):
-        raise ValueError(f"trial id must be a string (the trial's hash), got {trial_uid!r}")
-    return checked_text(trial_uid, "trial id"), mapping.checked_id(experiment_uid, "experiment id")
-
-
-def _lock_expiry(given) -> float:
-    """`lock_expiry`, else ``$ORION_SQL_LOCK_EXPIRY``, else the default: positive seconds."""
-    text = given or os.environ.get(LOCK_EXPIRY_ENV) or DEFAULT_LOCK_EXPIRY_SECONDS
-    try:
-        seconds = float(text)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not seconds > 0:
-        raise ConfigurationError(f"lock_expiry ({LOCK_EXPIRY_ENV}) must be a positive number of seconds, got {text!r}")
-    return seconds
 
 
 class SQL(BaseStorageProtocol):
@@ -117,8 +69,8 @@ class SQL(BaseStorageProtocol):
         setup: bool = True,
     ):
         db = Database(resolve_url(uri, database))
-        lock_expiry = _lock_expiry(lock_expiry)
-        cache_trials = _cache_size(cache_trials)
+        lock_expiry = arguments.lock_expiry(lock_expiry)
+        cache_trials = arguments.cache_size(cache_trials)
         with db.reachable():
             if not setup:
                 print(upgrade_for_orion_db_upgrade(db))
@@ -132,7 +84,7 @@ class SQL(BaseStorageProtocol):
         connection, whose transaction `orion-sql test` rolls back). No trial cache:
         on PostgreSQL a snapshot cannot tell its own transaction's later writes."""
         storage = cls.__new__(cls)
-        storage._open(database, _lock_expiry(lock_expiry), cache_trials=0)
+        storage._open(database, arguments.lock_expiry(lock_expiry), cache_trials=0)
         return storage
 
     def _open(self, database: Database, lock_expiry: float, cache_trials: int) -> None:
@@ -223,7 +175,7 @@ class SQL(BaseStorageProtocol):
 
     def delete_experiment(self, experiment=None, uid=None):
         """Delete an experiment; its trials and algorithm lock go with it (cascade)."""
-        uid = _experiment_id(experiment, uid)
+        uid = arguments.experiment_id(experiment, uid)
         statement = delete(experiments).where(experiments.c.id == uid)
         return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
@@ -232,7 +184,7 @@ class SQL(BaseStorageProtocol):
 
         Returns the number of experiments matched. ``_id`` cannot be changed.
         """
-        uid = _experiment_id(experiment, uid)
+        uid = arguments.experiment_id(experiment, uid)
         clause = and_(experiments.c.id == uid, self._filter(where, EXPERIMENT_FILTERS))
 
         def update_documents(conn):
@@ -270,7 +222,7 @@ class SQL(BaseStorageProtocol):
         return trial
 
     def delete_trials(self, experiment=None, uid=None, where=None):
-        uid = _experiment_id(experiment, uid)
+        uid = arguments.experiment_id(experiment, uid)
         clause = and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
         return self._db.run(rows.rows_matched(delete(trials).where(clause)), write=True, autocommit=True)
 
@@ -300,25 +252,25 @@ class SQL(BaseStorageProtocol):
         Without `where`, served by this process's trial cache: only the trials that
         changed since its last read are read again.
         """
-        uid = _experiment_id(experiment, uid)
+        uid = arguments.experiment_id(experiment, uid)
         if where is None and self._cache is not None:
             return self._cache.trials(self._db, uid)
         return self._select_trials(and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS)))
 
     def update_trials(self, experiment=None, uid=None, where=None, **kwargs):
         """Set fields of the matching trials; returns how many matched."""
-        uid = _experiment_id(experiment, uid)
+        uid = arguments.experiment_id(experiment, uid)
         clause = and_(trials.c.experiment_id == uid, self._filter(where, TRIAL_FILTERS))
         return self._db.run(rows.set_trial_fields(clause, kwargs), write=True)
 
     def update_trial(self, trial=None, uid=None, experiment_uid=None, where=None, **kwargs):
         """Set fields of one trial (by its id and experiment); returns 1 or 0."""
-        trial_uid, experiment_uid = _trial_and_experiment_ids(trial, uid, experiment_uid)
+        trial_uid, experiment_uid = arguments.trial_and_experiment_ids(trial, uid, experiment_uid)
         clause = self._trial_clause(trial_uid, experiment_uid, where)
         return self._db.run(rows.set_trial_fields(clause, kwargs), write=True)
 
     def get_trial(self, trial=None, uid=None, experiment_uid=None):
-        trial_uid, experiment_uid = _trial_and_experiment_ids(trial, uid, experiment_uid)
+        trial_uid, experiment_uid = arguments.trial_and_experiment_ids(trial, uid, experiment_uid)
         found = self._select_trials(self._trial_clause(trial_uid, experiment_uid))
         return found[0] if found else None
 
@@ -431,14 +383,14 @@ class SQL(BaseStorageProtocol):
         lock, or (PostgreSQL) a live worker holds it: a dead one's lock is
         released by the server with its connection.
         """
-        return self._lock.release(_experiment_id(experiment, uid), new_state)
+        return self._lock.release(arguments.experiment_id(experiment, uid), new_state)
 
     def get_algorithm_lock_info(self, experiment=None, uid=None):
         """The stored algorithm state and heartbeat; ``locked`` is true while someone holds the lock."""
-        return self._lock.info(_experiment_id(experiment, uid))
+        return self._lock.info(arguments.experiment_id(experiment, uid))
 
     def delete_algorithm_lock(self, experiment=None, uid=None):
-        statement = delete(algo_locks).where(algo_locks.c.experiment_id == _experiment_id(experiment, uid))
+        statement = delete(algo_locks).where(algo_locks.c.experiment_id == arguments.experiment_id(experiment, uid))
         return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
 
     def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
