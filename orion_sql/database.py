@@ -1,11 +1,14 @@
 """One database as a process sees it: its engine, transactions, retries.
 
-The engine is built here, tuned by the dialect; it is built lazily and rebuilt in a forked child (connections are never
-shared across a fork); pickling keeps only the URL. Transient failures (deadlock,
-serialization failure, SQLite busy) are retried with jittered backoff; a lost
-connection is retried only for work that is safe to repeat. Anything else
-surfaces unchanged, except constraint violations, which become the errors Oríon
-expects.
+The engine is built here, tuned by the dialect and the connection settings; it is
+built lazily and rebuilt in a forked child (connections are never shared across a
+fork); pickling keeps the URL and the settings. Transient failures (a server that
+refuses connections while it restarts, too many clients, a lost connection,
+deadlock, serialization failure, SQLite busy) are retried with jittered backoff
+for up to the settings' retry time, with one log line per episode. After a lost
+connection a write is repeated only if it is idempotent or says how to find its
+own earlier outcome. Anything else surfaces unchanged, except constraint
+violations, which become the errors Oríon expects.
 """
 from __future__ import annotations
 
@@ -28,16 +31,13 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from orion_sql import exact_json
 from orion_sql.dialects import Dialect, ErrorKind, dialect_for
 from orion_sql.location import DEFAULT_SQLITE_PATH, redact
+from orion_sql.settings import ConnectionSettings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# The connection budget: server connections one worker holds between storage calls,
-# and while it holds an algorithm lock and calls the storage inside it.
-CONNECTIONS_PER_WORKER = 1
-CONNECTIONS_WHILE_HOLDING_LOCK = 2
-ATTEMPTS = 6
 FIRST_BACKOFF_SECONDS = 0.01
+LAST_BACKOFF_SECONDS = 2.0
 # A pooled connection idle longer than this is pinged before it is used again.
 PING_AFTER_IDLE_SECONDS = 2.0
 
@@ -64,9 +64,10 @@ class Database:
             cls = _named_after(dialect_for(make_url(url)).product)
         return super().__new__(cls)
 
-    def __init__(self, url: URL | str):
+    def __init__(self, url: URL | str, settings: ConnectionSettings | None = None):
         url = make_url(url)
         self.url = url
+        self.settings = settings or ConnectionSettings()
         self.dialect: Dialect = dialect_for(url)
         self._engine: Engine | None = None
         self._engine_pid: int | None = None
@@ -78,7 +79,7 @@ class Database:
         if engine is None or self._engine_pid != os.getpid():
             if engine is not None:
                 engine.dispose(close=False)
-            engine = self._engine = build_engine(self.url)
+            engine = self._engine = build_engine(self.url, self.settings)
             self._engine_pid = os.getpid()
         return engine
 
@@ -100,34 +101,42 @@ class Database:
                 yield conn
 
     def run(
-        self, work: Callable[[Connection], T], *, write: bool, idempotent: bool = False, autocommit: bool = False
+        self,
+        work: Callable[[Connection], T],
+        *,
+        write: bool,
+        idempotent: bool = False,
+        autocommit: bool = False,
+        after_lost: Callable[[Connection], T] | None = None,
     ) -> T:
         """Run `work` in one transaction (see :meth:`transaction`), retrying it after
-        transient failures.
+        transient failures for up to the retry time.
 
         After a lost connection it is unknown whether a write's commit reached the
-        server: a write is repeated then only if `idempotent` (the same result twice).
-        Reads always are.
+        server: a write is repeated then only if `idempotent` (the same result twice),
+        or through `after_lost`, which finds the earlier attempt's outcome or does the
+        work anew. Reads always are.
         """
-        attempt = 0
+        episode = RetryEpisode(self.settings.retry_time)
         while True:
+            connected: list[Connection] = []
             try:
                 with self.transaction(write, autocommit) as conn:
+                    connected.append(conn)
                     return work(conn)
             except DBAPIError as error:
-                kind = self.dialect.classify(error)
+                kind = self.dialect.classify(error, connecting=not connected)
                 if kind is ErrorKind.UNIQUE_VIOLATION:
-                    raise DuplicateKeyError(_first_line(error)) from error
+                    raise DuplicateKeyError(first_line(error)) from error
                 if kind is ErrorKind.MISSING_REFERENCE:
-                    raise MissingReference(_first_line(error)) from error
-                safe_after_disconnect = idempotent or not write
-                retry = kind is ErrorKind.TRANSIENT or (kind is ErrorKind.DISCONNECT and safe_after_disconnect)
-                attempt += 1
-                if kind is None or not retry or attempt == ATTEMPTS:
+                    raise MissingReference(first_line(error)) from error
+                if kind is ErrorKind.DISCONNECT and write and not idempotent:
+                    if after_lost is None:
+                        raise
+                    work = after_lost
+                elif kind not in (ErrorKind.TRANSIENT, ErrorKind.UNAVAILABLE, ErrorKind.DISCONNECT):
                     raise
-                delay = FIRST_BACKOFF_SECONDS * 2**attempt * random.uniform(0.5, 1.5)
-                log.debug("retrying after %s (%s), in %.3fs", kind.value, _first_line(error), delay)
-                time.sleep(delay)
+                episode.pause(kind, error)
 
     @contextlib.contextmanager
     def rolled_back(self) -> Iterator[Database]:
@@ -147,7 +156,7 @@ class Database:
         try:
             yield
         except OperationalError as error:
-            raise DatabaseUnreachable(f"cannot reach the database {redact(self.url)}: {_first_line(error)}") from None
+            raise DatabaseUnreachable(f"cannot reach the database {redact(self.url)}: {first_line(error)}") from None
         except OSError as error:  # a SQLite file whose folder cannot be made
             raise DatabaseUnreachable(f"cannot open the database {redact(self.url)}: {error}") from None
 
@@ -155,8 +164,8 @@ class Database:
         return f"{type(self).__name__}({redact(self.url)!r})"
 
     def __reduce__(self):
-        """Pickled as its URL alone: the copy builds its own engine."""
-        return Database, (self.url.render_as_string(hide_password=False),)
+        """Pickled as its URL and settings: the copy builds its own engine."""
+        return Database, (self.url.render_as_string(hide_password=False), self.settings)
 
 
 class _BoundDatabase(Database):
@@ -197,24 +206,47 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _first_line(error: DBAPIError) -> str:
-    return str(error.orig).strip().splitlines()[0]
+def first_line(error: DBAPIError) -> str:
+    return (str(error.orig).strip().splitlines() or [type(error.orig).__name__])[0]
 
 
-def build_engine(url: URL) -> Engine:
-    """An engine for `url`, tuned by its dialect, with exact JSON in JSON columns."""
+class RetryEpisode:
+    """Backoff with jitter, from 10 ms doubling to 2 s, until `retry_time` has passed;
+    one log line when the episode begins, not one per attempt."""
+
+    def __init__(self, retry_time: float):
+        self.deadline = time.monotonic() + retry_time
+        self.retry_time = retry_time
+        self.delay = FIRST_BACKOFF_SECONDS
+        self.attempts = 0
+
+    def pause(self, kind: ErrorKind, error: DBAPIError) -> None:
+        """Sleep before the next attempt, or re-raise `error` once the time is up."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise error
+        if self.attempts == 0 and kind is not ErrorKind.TRANSIENT:
+            log.warning("database %s (%s); retrying for up to %.0fs", kind.value, first_line(error), self.retry_time)
+        self.attempts += 1
+        time.sleep(min(remaining, self.delay * random.uniform(0.5, 1.5)))
+        self.delay = min(self.delay * 2, LAST_BACKOFF_SECONDS)
+
+
+def build_engine(url: URL, settings: ConnectionSettings) -> Engine:
+    """An engine for `url`, tuned by its dialect and `settings`, with exact JSON in JSON columns."""
     dialect = dialect_for(url)
     if url.get_backend_name() == "sqlite" and url.database and not os.path.exists(url.database):
         os.makedirs(os.path.dirname(url.database), exist_ok=True)
         if url.database != DEFAULT_SQLITE_PATH:
             log.info("orion_sql: creating the SQLite database %s", url.database)
-    options = dialect.engine_options()
+    options = dialect.engine_options(settings)
+    connect_url = dialect.engine_url(url)
     # What the URL's query sets (`?connect_timeout=30`) wins over the dialect's defaults.
     options["connect_args"] = {
-        key: value for key, value in options.get("connect_args", {}).items() if key not in url.query
+        key: value for key, value in options.get("connect_args", {}).items() if key not in connect_url.query
     }
-    engine = create_engine(url, json_serializer=exact_json.dumps, json_deserializer=exact_json.loads, **options)
-    dialect.prepare_engine(engine)
+    engine = create_engine(connect_url, json_serializer=exact_json.dumps, json_deserializer=exact_json.loads, **options)
+    dialect.prepare_engine(engine, settings)
     _ping_idle_connections(engine)
     return engine
 

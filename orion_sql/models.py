@@ -201,6 +201,22 @@ class AlgoLockRow(Base):
     heartbeat: Mapped[datetime.datetime | None] = mapped_column()
 
 
+class AlgoLockWaiterRow(Base):
+    """One process waiting for an experiment's algorithm lock on SQLite, by arrival.
+
+    The lowest live ticket takes the lock next, so no waiter starves; a waiter whose
+    process died (same host: its pid is gone) or fell silent is struck off the queue.
+    """
+
+    __tablename__ = "algo_lock_waiters"
+    __table_args__ = (Index(None, "experiment_id", "ticket"),)
+
+    ticket: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("algo_locks.experiment_id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column()
+    heartbeat: Mapped[datetime.datetime] = mapped_column()
+
+
 class BenchmarkRow(Base):
     """One Oríon benchmark: its document, with its unique name as a column."""
 
@@ -217,4 +233,5 @@ trials = cast(Table, TrialRow.__table__)
 params = cast(Table, ParamRow.__table__)
 results = cast(Table, ResultRow.__table__)
 algo_locks = cast(Table, AlgoLockRow.__table__)
+algo_lock_waiters = cast(Table, AlgoLockWaiterRow.__table__)
 benchmarks = cast(Table, BenchmarkRow.__table__)

@@ -14,7 +14,8 @@ from orion.core.worker.trial import Trial
 from sqlalchemy import Connection, Text, bindparam, cast, delete, func, insert, literal, select, union_all, update
 from sqlalchemy.sql import CompoundSelect, Update
 
-from orion_sql import mapping
+from orion_sql import fencing, mapping
+from orion_sql.database import process_name
 from orion_sql.dialects import Dialect
 from orion_sql.models import PENDING_STATUSES, ParamRow, ResultRow, TrialRow, results, trials
 
@@ -64,14 +65,15 @@ def trial_documents_of(rows, values) -> list[dict]:
 
 def completion(dialect: Dialect) -> Complete:
     """push_trial_results' work: write a reserved trial's PUSHED_FIELDS and replace its
-    results; returns the trial's row id, or None when no such trial is reserved."""
+    results; returns the trial's row id, or None when the trial is not reserved under
+    the caller's reservation (see :mod:`orion_sql.fencing`)."""
     columns = [*(mapping.TRIAL_FIELDS[key][0] for key in PUSHED_FIELDS), "written_times"]
     set_trial = (
         update(trials)
         .where(
             TrialRow.hash == bindparam("trial_hash"),
             TrialRow.experiment_id == bindparam("experiment"),
-            TrialRow.status == "reserved",
+            fencing.held(),
         )
         .values({column: bindparam(f"new_{column}") for column in columns})
         .returning(TrialRow.id)
@@ -121,7 +123,7 @@ def _completion_binds(trial: Trial) -> tuple[dict[str, Any], list]:
     document = trial.to_dict()
     pushed = {key: document[key] for key in PUSHED_FIELDS}
     columns = mapping.whole_trial_columns(pushed)
-    binds = {"trial_hash": trial.id, "experiment": trial.experiment}
+    binds = {"trial_hash": trial.id, "experiment": trial.experiment, **fencing.token_of(trial)}
     binds.update((f"new_{column}", value) for column, value in columns.items())
     return binds, document["results"]
 
@@ -188,3 +190,21 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
         return trial_documents_of(rows[:1], [row._mapping for row in rows if row.kind is not None])[0]
 
     return reserve_and_read
+
+
+def status_change(dialect: Dialect, trial_clause, was: str, status: str, heartbeat=None) -> Update:
+    """set_trial_status' UPDATE of the trial `trial_clause` selects, from `was` to
+    `status` (fenced when `was` is reserved; a new reservation gets a new token and
+    this process as its worker), returning the start time."""
+    now = dialect.now()
+    current = fencing.held() if was == "reserved" else TrialRow.status == was
+    values: dict[str, Any] = {"status": status, "heartbeat": heartbeat or now}
+    if status == "reserved":
+        values.update(start_time=now, worker=process_name())
+    return update(trials).where(trial_clause, current).values(**values).returning(TrialRow.start_time)
+
+
+def heartbeat(dialect: Dialect, trial_clause) -> Update:
+    """update_heartbeat's UPDATE of the trial `trial_clause` selects, fenced by the
+    reservation token and by this process as its worker."""
+    return update(trials).where(trial_clause, fencing.held(by_worker=process_name())).values(heartbeat=dialect.now())

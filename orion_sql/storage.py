@@ -23,7 +23,7 @@ from orion.storage.base import (
 from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
-from orion_sql import arguments, mapping, rows, statements
+from orion_sql import arguments, fencing, mapping, recovery, rows, statements
 from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
 from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
@@ -31,6 +31,7 @@ from orion_sql.location import redact, resolve_url
 from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, algo_locks, benchmarks, experiments, trials
 from orion_sql.query import Collection, compile_filter
 from orion_sql.schema import ensure_schema, upgrade_for_orion_db_upgrade
+from orion_sql.settings import ConnectionSettings
 from orion_sql.trial_cache import TrialCache
 
 
@@ -48,7 +49,8 @@ class SQL(BaseStorageProtocol):
         file in Oríon's user data folder is used.
     lock_expiry: float, optional
         SQLite only: seconds without heartbeat after which an algorithm lock is
-        taken from a holder presumed dead. Default ``$ORION_SQL_LOCK_EXPIRY`` or 60.
+        taken from a holder on another host presumed dead. Default
+        ``$ORION_SQL_LOCK_EXPIRY`` or 60.
     cache_trials: int, optional
         At most this many trials are kept in this process between reads, so that a
         read fetches only the trials that changed (see orion_sql.trial_cache); 0
@@ -58,6 +60,9 @@ class SQL(BaseStorageProtocol):
         (as ``orion-sql upgrade`` does) and the command ends there, with exit status 0.
         The rest of that command rewrites legacy documents through the legacy
         storage's own database API; documents stored by orion_sql need no rewrite.
+    retry_time, pool_size, max_overflow, pool_mode: optional
+        How this process uses the database server; default ``$ORION_SQL_<NAME>``,
+        else see :class:`orion_sql.settings.ConnectionSettings` (60 s, 1, 1, session).
     """
 
     def __init__(
@@ -67,8 +72,9 @@ class SQL(BaseStorageProtocol):
         lock_expiry: float | None = None,
         cache_trials: int | None = None,
         setup: bool = True,
+        **connection: Any,
     ):
-        db = Database(resolve_url(uri, database))
+        db = Database(resolve_url(uri, database), ConnectionSettings.from_arguments(connection))
         lock_expiry = arguments.lock_expiry(lock_expiry)
         cache_trials = arguments.cache_size(cache_trials)
         with db.reachable():
@@ -215,8 +221,12 @@ class SQL(BaseStorageProtocol):
             rows.write_values(conn, [trial_id], document)
             return trial_id
 
+        def find_or_register(conn):  # after a lost connection: did the insert commit?
+            mine = self._trial_clause(trial.id, trial.experiment)
+            return conn.execute(select(trials.c.id).where(mine)).scalar() or register(conn)
+
         try:
-            trial.id_override = self._db.run(register, write=True)
+            trial.id_override = self._db.run(register, write=True, after_lost=find_or_register)
         except MissingReference:
             raise ValueError(f"trial refers to experiment {trial.experiment!r}, which does not exist") from None
         return trial
@@ -236,11 +246,17 @@ class SQL(BaseStorageProtocol):
         """
 
         # Autocommit: the reservation commits by itself, with no BEGIN or COMMIT round
-        # trips; values read after it belong to this worker alone.
+        # trips; values read after it belong to this worker alone. After a lost
+        # connection, the trial an unanswered attempt reserved is found again.
+        url, worker = str(self._db.url), process_name()
+        found_again = recovery.reservation(url, self._reservation)
         reserved = self._db.run(
-            lambda conn: self._reservation(conn, experiment.id, process_name()), write=True, autocommit=True
+            lambda conn: self._reservation(conn, experiment.id, worker),
+            write=True,
+            autocommit=True,
+            after_lost=lambda conn: found_again(conn, experiment.id, worker),
         )
-        return None if reserved is None else Trial(**reserved)
+        return None if reserved is None else Trial(**recovery.handed_out(url, reserved))
 
     @functools.cached_property
     def _reservation(self):
@@ -290,9 +306,15 @@ class SQL(BaseStorageProtocol):
         return trial
 
     def push_trial_results(self, trial):
-        """Write a reserved trial's status, times and results; FailedUpdate if not reserved."""
-        if self._db.run(lambda conn: self._completion(conn, trial), write=True) is None:
-            raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not reserved")
+        """Write a reserved trial's status, times and results.
+
+        FailedUpdate if the trial is not reserved under this trial's reservation
+        (it was lost and reserved again: see :mod:`orion_sql.fencing`).
+        """
+        complete = lambda conn: self._completion(conn, trial)  # noqa: E731
+        outcome = recovery.trial_columns(trial, "status", "end_time")
+        if self._db.run(complete, write=True, after_lost=recovery.outcome_or_redo(complete, trial, outcome)) is None:
+            raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r}: not reserved by this reservation")
         return 1
 
     @functools.cached_property
@@ -314,14 +336,26 @@ class SQL(BaseStorageProtocol):
             heartbeat = None
         clause = and_(self._trial_clause(trial.id, trial.experiment), trials.c.status == was)
         if heartbeat is not None:
+            # An explicit heartbeat (Oríon's tests, `orion db` tools): written as given, unfenced.
             fields = {"status": status, "heartbeat": heartbeat}
-            changed = self._db.run(rows.set_trial_fields(clause, fields), write=True)
-        else:
-            statement = update(trials).where(clause).values(status=status, heartbeat=self._db.dialect.now())
-            changed = self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
-        if not changed:
-            raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not {was!r}")
+            if not self._db.run(rows.set_trial_fields(clause, fields), write=True):
+                raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r} is not {was!r}")
+            trial.status = status
+            return
+        mine = self._trial_clause(trial.id, trial.experiment)
+        statement = statements.status_change(self._db.dialect, mine, was, status)
+
+        def move(conn):
+            return conn.execute(statement, fencing.token_of(trial)).first()
+
+        after_lost = recovery.outcome_or_redo(move, trial, {"status": status})
+        moved = self._db.run(move, write=True, autocommit=True, after_lost=after_lost)
+        if not moved:
+            fenced = " by this reservation" if was == "reserved" else ""
+            raise FailedUpdate(f"trial {trial.id} of experiment {trial.experiment!r}: not {was!r}{fenced}")
         trial.status = status
+        if status == "reserved":
+            trial.start_time = moved.start_time
 
     def fetch_pending_trials(self, experiment):
         return self._trials_with_status(experiment, PENDING_STATUSES)
@@ -339,13 +373,13 @@ class SQL(BaseStorageProtocol):
         return self._count_trials(experiment, "broken")
 
     def update_heartbeat(self, trial):
-        """Set a reserved trial's heartbeat to the server's clock; returns 1, or 0 if not reserved."""
-        statement = (
-            update(trials)
-            .where(self._trial_clause(trial.id, trial.experiment, {"status": "reserved"}))
-            .values(heartbeat=self._db.dialect.now())
-        )
-        return self._db.run(rows.rows_matched(statement), write=True, idempotent=True, autocommit=True)
+        """Set a reserved trial's heartbeat to the server's clock; returns 1, or 0 if the
+        trial is not reserved under this trial's reservation, by this process
+        (see :mod:`orion_sql.fencing`)."""
+        statement = statements.heartbeat(self._db.dialect, self._trial_clause(trial.id, trial.experiment))
+        token = fencing.token_of(trial)
+        beat = lambda conn: conn.execute(statement, token).rowcount  # noqa: E731
+        return self._db.run(beat, write=True, idempotent=True, autocommit=True)
 
     # --- algorithm lock ----------------------------------------------------------
 

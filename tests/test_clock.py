@@ -28,6 +28,7 @@ import pytest
 from orion.core.worker.trial import Trial
 from sqlalchemy import event, select, text
 
+from orion_sql import fencing
 from support.documents import experiment_of, new_experiment
 
 SERVER_NOW = {
@@ -109,8 +110,14 @@ def test_postgresql_client_sends_no_time(storage):
     # The reservation's UPDATE stands alone, or inside WITH (one statement, on PostgreSQL).
     writes = [(statement, parameters) for statement, parameters in sent if "UPDATE trials" in statement]
     assert len(writes) == 3 and all("heartbeat" in statement for statement, _ in writes)
+    # The reservation token (the start time the server gave the reservation) is echoed
+    # back for comparison only: no clock of the client's.
+    assert any(isinstance(parameters, dict) and fencing.TOKEN in parameters for _, parameters in sent)
     for statement, parameters in sent:
-        values = parameters.values() if isinstance(parameters, dict) else parameters
+        if isinstance(parameters, dict):
+            values = [value for key, value in parameters.items() if key != fencing.TOKEN]
+        else:
+            values = parameters
         assert not [value for value in values if isinstance(value, (datetime.date, datetime.time))], statement
         assert not TIMESTAMP_LITERAL.search(statement), statement
 

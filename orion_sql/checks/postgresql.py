@@ -9,7 +9,7 @@ from sqlalchemy.engine import URL
 
 from orion_sql.checks.base import Check, CheckFailed, DialectChecks, Probe, passed
 from orion_sql.checks.common import open_database
-from orion_sql.database import CONNECTIONS_PER_WORKER, CONNECTIONS_WHILE_HOLDING_LOCK
+from orion_sql.settings import CONNECTIONS_PER_WORKER, CONNECTIONS_WHILE_HOLDING_LOCK
 
 _SERVER_PROCESS = text("SELECT pg_backend_pid()")
 

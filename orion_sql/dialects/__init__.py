@@ -23,5 +23,5 @@ def dialect_for(url: URL) -> Dialect:
     if backend == "postgresql":
         from orion_sql.dialects.postgresql import PostgreSQLDialect
 
-        return PostgreSQLDialect()
+        return PostgreSQLDialect(url)
     raise ValueError(f"no orion_sql dialect for database backend {backend!r}")

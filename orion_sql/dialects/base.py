@@ -8,12 +8,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, literal
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
+
+from orion_sql.settings import ConnectionSettings
 
 JsonPath = Sequence[str]
 # Execution option marking a transaction that will write (SQLite begins it IMMEDIATE).
 WRITE_OPTION = "orion_sql_write"
+# Key of a connection's info: True when it reaches the server through a pooler in
+# front of it (see PostgreSQLDialect.prepare_engine); lock waiters then poll.
+BEHIND_POOLER = "orion_sql_behind_pooler"
 
 
 class ErrorKind(enum.Enum):
@@ -23,7 +29,8 @@ class ErrorKind(enum.Enum):
     MISSING_REFERENCE = "foreign key"  # a row refers to one that does not exist
     TRANSIENT = "transient"  # deadlock, serialization failure, busy: safe to retry
     LOCK_NOT_AVAILABLE = "lock not available"  # lock timeout or NOWAIT refused
-    DISCONNECT = "disconnect"  # retry only what is safe to repeat
+    DISCONNECT = "disconnect"  # lost mid-work: retry only what is safe to repeat
+    UNAVAILABLE = "unavailable"  # no connection (restarting, too many clients): nothing was sent
 
 
 class Dialect(abc.ABC):
@@ -39,10 +46,14 @@ class Dialect(abc.ABC):
     writes_in_with: bool = False
 
     @abc.abstractmethod
-    def engine_options(self) -> dict[str, Any]:
+    def engine_options(self, settings: ConnectionSettings) -> dict[str, Any]:
         """Extra keyword arguments for `sqlalchemy.create_engine`."""
 
-    def prepare_engine(self, engine: Engine) -> None:
+    def engine_url(self, url: URL) -> URL:
+        """The URL the engine connects with (without what only orion_sql reads)."""
+        return url
+
+    def prepare_engine(self, engine: Engine, settings: ConnectionSettings) -> None:
         """Install per-connection settings and transaction handling on a new engine."""
 
     def transaction_options(self, write: bool, autocommit: bool) -> dict[str, Any]:
@@ -54,8 +65,9 @@ class Dialect(abc.ABC):
     def now(self, minus: datetime.timedelta | None = None) -> ColumnElement[datetime.datetime]:
         """The database server's clock as naive UTC, optionally `minus` a duration."""
 
-    def classify(self, error: DBAPIError) -> ErrorKind | None:
-        """What a database error means, or None when it means nothing special."""
+    def classify(self, error: DBAPIError, connecting: bool = False) -> ErrorKind | None:
+        """What a database error means, or None when it means nothing special;
+        `connecting`: raised while opening the connection, before any work."""
         if error.connection_invalidated:
             return ErrorKind.DISCONNECT
         return None

@@ -25,10 +25,12 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from orion_sql import exact_json
-from orion_sql.dialects.base import Dialect, ErrorKind, JsonPath
+from orion_sql.dialects.base import BEHIND_POOLER, Dialect, ErrorKind, JsonPath
+from orion_sql.location import ConfigurationError
 from orion_sql.models import UtcDateTime
 
 # One advisory lock key for "the orion_sql schema is being initialised".
@@ -46,7 +48,17 @@ _SQLSTATES = {
     "40001": ErrorKind.TRANSIENT,  # serialization_failure
     "40P01": ErrorKind.TRANSIENT,  # deadlock_detected
     "55P03": ErrorKind.LOCK_NOT_AVAILABLE,
+    "53300": ErrorKind.UNAVAILABLE,  # too_many_connections
+    "57P03": ErrorKind.UNAVAILABLE,  # cannot_connect_now: starting up or shutting down
+    "57P01": ErrorKind.DISCONNECT,  # admin_shutdown: the server is stopping (restart -m fast)
+    "57P02": ErrorKind.DISCONNECT,  # crash_shutdown: another backend crashed (-m immediate)
+    "08P01": ErrorKind.DISCONNECT,  # protocol_violation: PgBouncer's "server conn crashed?"
 }
+# Refusals at connect time that waiting does not cure: authentication, no such database.
+_PERMANENT_AT_CONNECT = ("28", "3D")
+# psycopg's option a URL may give; None (the default here): no prepared statements,
+# which a pooler in transaction mode would mix up between clients.
+PREPARE_THRESHOLD = "prepare_threshold"
 
 
 class PostgreSQLDialect(Dialect):
@@ -55,10 +67,20 @@ class PostgreSQLDialect(Dialect):
     has_row_locks = True
     writes_in_with = True
 
-    def engine_options(self):
+    def __init__(self, url: URL | None = None):
+        threshold = (url.query.get(PREPARE_THRESHOLD) if url is not None else None) or "none"
+        if isinstance(threshold, tuple):
+            threshold = threshold[-1]
+        try:
+            self.prepare_threshold = None if str(threshold).lower() == "none" else int(threshold)
+        except ValueError:
+            raise ConfigurationError(f"{PREPARE_THRESHOLD} must be a number or none, not {threshold!r}") from None
+
+    def engine_options(self, settings):
         return {
-            "pool_size": 2,
-            "max_overflow": 8,
+            "pool_size": settings.pool_size,
+            "max_overflow": settings.max_overflow,
+            "pool_timeout": settings.retry_time,  # a process out of connections waits, as for a server
             "connect_args": {
                 # A server that accepts the connection but never answers fails the start
                 # after this many seconds instead of hanging (`?connect_timeout=` in the URL).
@@ -66,18 +88,29 @@ class PostgreSQLDialect(Dialect):
                 "keepalives": 1,
                 "keepalives_idle": 30,
                 "keepalives_interval": 10,
+                "prepare_threshold": self.prepare_threshold,
             },
         }
 
-    def prepare_engine(self, engine: Engine) -> None:
-        statement = "SELECT " + ", ".join(
+    def engine_url(self, url):
+        return url.difference_update_query([PREPARE_THRESHOLD])
+
+    def prepare_engine(self, engine: Engine, settings) -> None:
+        keepalives = "SELECT " + ", ".join(
             f"set_config('{name}', '{value}', false)" for name, value in KEEPALIVE_SETTINGS.items()
         )
 
         @event.listens_for(engine, "connect")
-        def configure(dbapi_connection, _record):
+        def configure(dbapi_connection, record):
+            # A pooler (PgBouncer) announces a process id of its own at login: the server
+            # process running the statements has another. Behind one, nothing is set
+            # per session (the next transaction may run on another server connection).
             with dbapi_connection.cursor() as cursor:
-                cursor.execute(statement)
+                served_by = cursor.execute("SELECT pg_backend_pid()").fetchone()[0]
+                pooled = settings.pool_mode == "transaction" or served_by != dbapi_connection.info.backend_pid
+                record.info[BEHIND_POOLER] = pooled
+                if not pooled:
+                    cursor.execute(keepalives)
             dbapi_connection.commit()
 
     def transaction_options(self, write, autocommit):
@@ -107,8 +140,14 @@ class PostgreSQLDialect(Dialect):
         now = func.timezone("UTC", func.statement_timestamp(), type_=UtcDateTime)
         return now - minus if minus else now
 
-    def classify(self, error: DBAPIError):
-        kind = _SQLSTATES.get(getattr(error.orig, "sqlstate", None) or "")
+    def classify(self, error: DBAPIError, connecting=False):
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        if connecting and isinstance(error, OperationalError):
+            # Refused, reset, starting up, too many clients: nothing was sent, wait and see.
+            return None if sqlstate.startswith(_PERMANENT_AT_CONNECT) else ErrorKind.UNAVAILABLE
+        kind = _SQLSTATES.get(sqlstate)
+        if kind is None and isinstance(error, OperationalError) and not sqlstate:
+            return ErrorKind.DISCONNECT  # psycopg: the server closed the connection, no SQLSTATE
         return kind or super().classify(error)
 
     def sync_id_sequence(self, conn, table, explicit_id):

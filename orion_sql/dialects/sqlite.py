@@ -34,7 +34,7 @@ class SQLiteDialect(Dialect):
     product = "SQLite"
     has_row_locks = False
 
-    def engine_options(self):
+    def engine_options(self, settings):
         return {
             # The driver must not begin transactions itself: the "begin" hook does.
             "connect_args": {
@@ -53,7 +53,7 @@ class SQLiteDialect(Dialect):
     def unseen_trial_changes(self, stamp):
         return stamp > func.coalesce(bindparam("since", type_=Integer), -1)
 
-    def prepare_engine(self, engine: Engine) -> None:
+    def prepare_engine(self, engine: Engine, settings) -> None:
         @event.listens_for(engine, "connect")
         def configure(dbapi_connection, _record):
             cursor = dbapi_connection.cursor()
@@ -77,7 +77,7 @@ class SQLiteDialect(Dialect):
 
         return bindparam("now", callable_=utcnow, type_=UtcDateTime, unique=True)
 
-    def classify(self, error: DBAPIError):
+    def classify(self, error: DBAPIError, connecting=False):
         message = str(error.orig)
         if "UNIQUE constraint failed" in message:
             return ErrorKind.UNIQUE_VIOLATION

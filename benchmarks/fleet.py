@@ -1,0 +1,158 @@
+"""A fleet of workers on PostgreSQL, directly and through PgBouncer: rates and connections.
+
+On a PostgreSQL server of its own (``max_connections = 100``) and a PgBouncer in
+transaction pooling with 20 server connections in front of it (both started here
+and removed after: tests/support/servers.py), for 1, 4, 16 and 64 worker processes:
+
+- reserve+complete pairs per second (``reserve_trial`` then ``push_trial_results``,
+  as in reserve_throughput.py);
+- Oríon ``workon`` trials per second (random search, a trivial objective, every
+  trial suggested at once, the same share of trials for each worker);
+- the peak of server connections to the database (pg_stat_activity, sampled every
+  100 ms).
+
+Goals (issue 12): 64 workers run within ``max_connections = 100``; through
+PgBouncer at least 0.7 times the direct rate at 16 workers.
+
+    python benchmarks/fleet.py [--quick]
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import sys
+
+import common
+import reserve_throughput
+import workon_throughput
+from orion.client import create_experiment
+from orion.executor.single_backend import SingleExecutor
+from tabulate import tabulate
+
+from orion_sql import SQL
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from support.servers import OwnPostgreSQL, PeakConnections, PgBouncer  # noqa: E402
+
+WORKERS = [1, 4, 16, 64]
+ROUTES = ["direct", "pgbouncer"]
+BOUNCER_POOL = 20
+_numbers = itertools.count()
+
+
+def fresh(server: OwnPostgreSQL) -> tuple[str, str]:
+    """A new database at head on `server`: its name and direct URL."""
+    name = f"fleet_{next(_numbers)}"
+    url = server.create_database(name)
+    SQL(uri=url).close()
+    return name, url
+
+
+def pairs_per_second(server, bouncer, route: str, workers: int, trials: int, seconds: float) -> tuple[float, int]:
+    dbname, direct = fresh(server)
+    url = direct if route == "direct" else bouncer.url(dbname)
+    experiment_id = reserve_throughput.fill_sql(SQL(uri=direct), f"pairs-{workers}", trials)
+    with PeakConnections(server, dbname) as peak:
+        done, elapsed = common.run_together(
+            reserve_throughput.protocol_worker, [("sql", url, experiment_id, seconds)] * workers
+        )
+    return sum(done) / elapsed, peak.peak
+
+
+def workon_worker(barrier, name: str, storage: dict, trials: int, per_worker: int) -> int:
+    """workon_throughput's worker, with every trial suggested at once (pool_size) and a
+    share of them per worker: 64 idle workers would otherwise queue on the algorithm
+    lock to suggest, and Oríon's observe gives up on it after 60 s."""
+    logging.getLogger("orion").setLevel(logging.ERROR)
+    client = create_experiment(
+        name,
+        space={"x": "uniform(0, 1)"},
+        algorithm={"random": {"seed": 1}},
+        max_trials=trials,
+        storage=storage,
+        executor=SingleExecutor(),
+    )
+    barrier.wait()
+    return client.workon(
+        workon_throughput.objective, n_workers=1, max_trials=trials, pool_size=trials, max_trials_per_worker=per_worker
+    )
+
+
+def workon_per_second(server, bouncer, route: str, workers: int, per_worker: int) -> tuple[float, int]:
+    dbname, direct = fresh(server)
+    url = direct if route == "direct" else bouncer.url(dbname)
+    trials = workers * per_worker
+    storage = {"type": "sql", "uri": url}
+    with PeakConnections(server, dbname) as peak:
+        done, elapsed = common.run_together(
+            workon_worker, [(f"workon-{workers}", storage, trials, per_worker)] * workers
+        )
+    return sum(done) / elapsed, peak.peak
+
+
+def main() -> None:
+    args = common.arguments(__doc__.splitlines()[0])
+    trials, seconds, per_worker = (2000, 1.5, 2) if args.quick else (6000, 4.0, 4)
+    pairs: dict[str, dict[int, float]] = {route: {} for route in ROUTES}
+    workon: dict[str, dict[int, float]] = {route: {} for route in ROUTES}
+    peaks: dict[str, dict[int, tuple[int, int]]] = {route: {} for route in ROUTES}
+    with OwnPostgreSQL(max_connections="100") as server, PgBouncer(server.port, pool_size=BOUNCER_POOL) as bouncer:
+        for route, count in itertools.product(ROUTES, WORKERS):
+            pairs[route][count], pair_peak = pairs_per_second(server, bouncer, route, count, trials, seconds)
+            workon[route][count], workon_peak = workon_per_second(server, bouncer, route, count, per_worker)
+            peaks[route][count] = (pair_peak, workon_peak)
+            print(
+                f"  {route:9s} {count:2d} workers: {pairs[route][count]:7.1f} pairs/s (peak {pair_peak} connections), "
+                f"{workon[route][count]:5.1f} workon trials/s (peak {workon_peak})",
+                file=sys.stderr,
+            )
+
+    rows = [
+        [
+            count,
+            pairs["direct"][count],
+            pairs["pgbouncer"][count],
+            pairs["pgbouncer"][count] / pairs["direct"][count],
+            workon["direct"][count],
+            workon["pgbouncer"][count],
+            workon["pgbouncer"][count] / workon["direct"][count],
+            "{} / {}".format(*peaks["direct"][count]),
+            "{} / {}".format(*peaks["pgbouncer"][count]),
+        ]
+        for count in WORKERS
+    ]
+    headers = [
+        "workers",
+        "pairs/s direct",
+        "pairs/s pgbouncer",
+        "ratio",
+        "workon/s direct",
+        "workon/s pgbouncer",
+        "ratio",
+        "peak conns direct (pairs / workon)",
+        "peak conns pgbouncer",
+    ]
+    print(f"\nPostgreSQL 15, max_connections=100; PgBouncer transaction pooling, pool {BOUNCER_POOL}")
+    print(tabulate(rows, headers=headers, floatfmt=".2f"))
+    at16 = rows[WORKERS.index(16)]
+    print(
+        f"\nGoals: 64 workers within max_connections=100 (peaks {rows[-1][-2]}); "
+        f"pgbouncer/direct at 16 workers >= 0.7 (pairs {at16[3]:.2f}, workon {at16[6]:.2f})"
+    )
+    note = common.machine_note()
+    print(note)
+    payload = {"pairs": pairs, "workon": workon, "peaks": peaks, "trials": trials, "seconds": seconds, "note": note}
+    print("saved", common.save(args.out, "fleet", payload))
+    series = {f"pairs/s {route}": pairs[route] for route in ROUTES} | {
+        f"workon/s {route}": workon[route] for route in ROUTES
+    }
+    print(
+        "saved",
+        common.plot(args.out, "fleet", "A fleet on PostgreSQL and PgBouncer", "per second", series, note, log=True),
+    )
+
+
+if __name__ == "__main__":
+    main()

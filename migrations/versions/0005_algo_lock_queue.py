@@ -1,0 +1,39 @@
+"""Algorithm lock queue: SQLite waiters take the lock in arrival order.
+
+One new table, ``algo_lock_waiters`` (a ticket per waiting process); no existing
+table changes. PostgreSQL queues waiters on the row lock and never writes it.
+
+Revision ID: 0005_algo_lock_queue
+Revises: 0004_times_written_as_text
+Create Date: 2026-12-01
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005_algo_lock_queue"
+down_revision = "0004_times_written_as_text"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "algo_lock_waiters",
+        sa.Column("ticket", sa.Integer(), nullable=False),
+        sa.Column("experiment_id", sa.Integer(), nullable=False),
+        sa.Column("owner", sa.Text(), nullable=False),
+        sa.Column("heartbeat", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["experiment_id"], ["algo_locks.experiment_id"],
+            name=op.f("fk_algo_lock_waiters_experiment_id_algo_locks"), ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("ticket", name=op.f("pk_algo_lock_waiters")),
+    )
+    op.create_index(
+        op.f("ix_algo_lock_waiters_experiment_id_ticket"), "algo_lock_waiters", ["experiment_id", "ticket"]
+    )
+
+
+def downgrade() -> None:
+    op.drop_index(op.f("ix_algo_lock_waiters_experiment_id_ticket"), table_name="algo_lock_waiters")
+    op.drop_table("algo_lock_waiters")

@@ -1,0 +1,231 @@
+"""Servers a test starts, restarts and removes itself: a PostgreSQL and a PgBouncer.
+
+Never the machine's shared cluster: each server here has its own port and data
+directory. As root, Debian's ``pg_createcluster``/``pg_ctlcluster`` do the switch
+to the ``postgres`` user that ``pg_ctl`` needs; otherwise ``initdb``/``pg_ctl``
+run as the current user. PgBouncer is Debian's ``pgbouncer`` (``make test``
+installs it when missing).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+PG_VERSION = "15"
+SERVER_SETTINGS = {"max_connections": "100", "fsync": "off", "shared_buffers": "32MB"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_answering(port: int, timeout: float = 60, dbname: str = "postgres") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _bindir() -> Path:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/{PG_VERSION}/bin")) or sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if found:
+        return Path(found[-1])
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl is None:
+        raise RuntimeError("no PostgreSQL server binaries (pg_ctl) on this machine")
+    return Path(pg_ctl).parent
+
+
+class OwnPostgreSQL:
+    """A PostgreSQL server of the test's own, on a free port, user postgres, trust auth."""
+
+    def __init__(self, **settings: str):
+        self.port = free_port()
+        self.settings = {**SERVER_SETTINGS, **settings}
+        self.as_root = os.geteuid() == 0 and shutil.which("pg_createcluster") is not None
+        self.name = f"orion_sql_{os.getpid()}_{self.port}"
+        self._datadir: Path | None = None
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> OwnPostgreSQL:
+        if self.as_root:
+            options = [arg for name, value in self.settings.items() for arg in ("-o", f"{name}={value}")]
+            _run(
+                "pg_createcluster",
+                PG_VERSION,
+                self.name,
+                "-p",
+                str(self.port),
+                "--start",
+                *options,
+                "--",
+                "--auth-host=trust",
+                "--auth-local=trust",
+            )
+        else:
+            self._datadir = Path(tempfile.mkdtemp(prefix="orion_sql_pg_"))
+            _run(str(_bindir() / "initdb"), "-D", str(self._datadir), "-U", "postgres", "--auth=trust")
+            self._pg_ctl("start", "-w")
+        wait_until_answering(self.port)
+        return self
+
+    def restart(self, mode: str = "fast") -> None:
+        """Restart the server (``-m fast`` ends sessions cleanly, ``-m immediate`` is a crash)."""
+        if self.as_root:
+            _run("pg_ctlcluster", PG_VERSION, self.name, "restart", "-m", mode)
+        else:
+            self._pg_ctl("restart", "-w", "-m", mode)
+
+    def stop(self) -> None:
+        """Stop and remove the server with its data directory."""
+        if self.as_root:
+            subprocess.run(["pg_dropcluster", PG_VERSION, self.name, "--stop"], check=False, capture_output=True)
+        elif self._datadir is not None:
+            subprocess.run(
+                [str(_bindir() / "pg_ctl"), "-D", str(self._datadir), "stop", "-m", "immediate"],
+                check=False,
+                capture_output=True,
+            )
+            shutil.rmtree(self._datadir, ignore_errors=True)
+
+    def create_database(self, dbname: str) -> str:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        return self.url(dbname)
+
+    def connections(self, dbname: str) -> int:
+        """Server connections now open to `dbname` (pg_stat_activity), this query's excluded."""
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres") as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)
+            ).fetchone()
+            return row[0] if row else 0
+
+    def _pg_ctl(self, *args: str) -> None:
+        assert self._datadir is not None, "start() makes the data directory"
+        options = " ".join(f"-c {name}={value}" for name, value in self.settings.items())
+        _run(
+            str(_bindir() / "pg_ctl"),
+            "-D",
+            str(self._datadir),
+            "-l",
+            str(self._datadir / "log"),
+            "-o",
+            f"-p {self.port} -k {self._datadir} -h 127.0.0.1 {options}",
+            *args,
+        )
+
+    def __enter__(self) -> OwnPostgreSQL:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class PeakConnections:
+    """The most server connections to a database seen in pg_stat_activity, sampled."""
+
+    def __init__(self, server: OwnPostgreSQL, dbname: str):
+        self.server, self.dbname, self.peak = server, dbname, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, self.server.connections(self.dbname))
+
+    def __enter__(self) -> PeakConnections:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PgBouncer:
+    """Debian's PgBouncer in front of `server`, transaction pooling, `pool_size` server connections."""
+
+    def __init__(self, server_port: int, pool_size: int = 20):
+        self.port = free_port()
+        self.server_port = server_port
+        self.pool_size = pool_size
+        self.directory = Path(tempfile.mkdtemp(prefix="orion_sql_pgbouncer_"))
+        self._process: subprocess.Popen | None = None
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def start(self) -> PgBouncer:
+        executable = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.path.exists(executable):
+            raise RuntimeError("pgbouncer is not installed (Debian: apt-get install -y pgbouncer; make test does it)")
+        (self.directory / "users.txt").write_text('"postgres" ""\n')
+        config = self.directory / "pgbouncer.ini"
+        config.write_text(
+            "[databases]\n"
+            f"* = host=127.0.0.1 port={self.server_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.directory / 'users.txt'}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {self.pool_size}\nmax_client_conn = 2000\nmax_db_connections = {self.pool_size}\n"
+            f"logfile = {self.directory / 'pgbouncer.log'}\n"
+        )
+        command = [executable, str(config)]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            user = pwd.getpwnam("postgres")
+            os.chown(self.directory, user.pw_uid, user.pw_gid)
+            for path in self.directory.iterdir():
+                os.chown(path, user.pw_uid, user.pw_gid)
+            command[1:1] = ["-u", "postgres"]
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_until_answering(self.port, timeout=30)
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> PgBouncer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
+        )

@@ -1,0 +1,167 @@
+"""Many workers and a server that restarts, on a PostgreSQL of the test's own.
+
+1. Four Oríon workers (``workon``) ride out two restarts of their server, one of
+   them ``-m immediate`` (a crash): no worker fails, the experiment completes, and
+   no trial is lost, run twice or left reserved.
+2. 64 Oríon worker processes (one trial each, a trivial objective: 2 cores) complete
+   an experiment against ``max_connections = 100``, directly and through a PgBouncer
+   in transaction pooling with 20 server connections; the peak of server connections
+   (pg_stat_activity) stays within both.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import tempfile
+import time
+
+import pytest
+from orion.client import create_experiment
+from test_concurrency import CONTEXT, _report
+
+from orion_sql import SQL
+from support.servers import OwnPostgreSQL, PeakConnections, PgBouncer
+
+RESTART_TRIALS = 60
+FLEET_WORKERS = 64
+FLEET_TRIALS = 64
+BOUNCER_POOL = 20
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def own_server():
+    with OwnPostgreSQL(max_connections="100") as server:
+        yield server
+
+
+@pytest.fixture
+def own_database(own_server) -> str:
+    url = own_server.create_database(f"fleet_{os.getpid()}_{next(_numbers)}")
+    SQL(uri=url).close()  # the schema, before the workers race for it
+    return url
+
+
+def _slow_objective(x):
+    time.sleep(0.05)
+    return [{"name": "objective", "type": "objective", "value": x}]
+
+
+def _trivial_objective(x):
+    return [{"name": "objective", "type": "objective", "value": x}]
+
+
+def _orion_worker(storage: dict, name: str, trials: int, objective, per_worker: int | None = None) -> int:
+    """One Oríon worker process: workon until the experiment is done, or it completed
+    `per_worker` trials; the number it completed."""
+    client = create_experiment(
+        name,
+        space={"x": "uniform(0, 1)"},
+        algorithm={"random": {"seed": 1}},
+        max_trials=trials,
+        storage=storage,
+        # One working folder for all: a trial suggested by another worker runs in the
+        # folder of the experiment, which Oríon would otherwise make per worker and delete.
+        working_dir=os.path.join(tempfile.gettempdir(), f"orion_sql_fleet_{os.getppid()}_{name}"),
+    )
+    with client.tmp_executor("singleexecutor", n_workers=1):
+        # pool_size: the first to hold the algorithm lock suggests every trial; the others
+        # find them to reserve instead of queueing on the lock to suggest one each.
+        return client.workon(
+            objective, max_trials=trials, max_trials_per_worker=per_worker, pool_size=trials, idle_timeout=600
+        )
+
+
+def _start_workers(count: int, args: tuple) -> tuple[list, object]:
+    results = CONTEXT.Queue()
+    processes = [
+        CONTEXT.Process(target=_report, args=(results, index, _orion_worker, args), daemon=True)
+        for index in range(count)
+    ]
+    for process in processes:
+        process.start()
+    return processes, results
+
+
+def _collect(processes, results, timeout: float) -> list[int]:
+    done: dict[int, int] = {}
+    failures: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(done) + len(failures) < len(processes):
+            index, ok, value = results.get(timeout=max(1.0, deadline - time.monotonic()))
+            if ok:
+                done[index] = value
+            else:
+                failures.append(value)
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    assert not failures, f"{len(failures)} worker(s) failed; the first:\n{failures[0]}"
+    return [done[index] for index in range(len(processes))]
+
+
+def _assert_complete(url: str, name: str, trials: int, completed_per_worker: list[int]) -> None:
+    storage = SQL(uri=url)
+    (document,) = storage.fetch_experiments({"name": name})
+    stored = storage.fetch_trials(uid=document["_id"])
+    statuses = collections.Counter(trial.status for trial in stored)
+    assert statuses["reserved"] == statuses["broken"] == statuses["interrupted"] == 0, statuses
+    assert trials <= statuses["completed"] == sum(completed_per_worker), (statuses, completed_per_worker)
+    assert len({trial.params["x"] for trial in stored}) == len(stored), "a trial was registered twice"
+    storage.close()
+
+
+@pytest.mark.slow
+def test_four_workers_ride_out_two_restarts_of_their_server(own_server, own_database):
+    storage = {"type": "sql", "uri": own_database}
+    name = "restarts"
+    processes, results = _start_workers(4, (storage, name, RESTART_TRIALS, _slow_objective))
+    watcher = SQL(uri=own_database)
+
+    def completed() -> int:
+        found = watcher.fetch_experiments({"name": name})
+        return watcher.count_completed_trials(type("E", (), {"id": found[0]["_id"]})) if found else 0
+
+    for mode, after in (("fast", 5), ("immediate", 25)):
+        deadline = time.monotonic() + 300
+        while completed() < after:
+            assert time.monotonic() < deadline, f"only {completed()} trials completed before the {mode} restart"
+            time.sleep(0.2)
+        watcher.close()
+        own_server.restart(mode)
+    per_worker = _collect(processes, results, timeout=600)
+    assert completed() >= RESTART_TRIALS, "the experiment finished before the restarts"
+    _assert_complete(own_database, name, RESTART_TRIALS, per_worker)
+
+
+def _run_fleet(server: OwnPostgreSQL, url: str, storage: dict) -> int:
+    """64 Oríon workers on one experiment; the peak of server connections."""
+    name = "fleet"
+    dbname = url.rsplit("/", 1)[1]
+    with PeakConnections(server, dbname) as peak:
+        args = (storage, name, FLEET_TRIALS, _trivial_objective, FLEET_TRIALS // FLEET_WORKERS)
+        processes, results = _start_workers(FLEET_WORKERS, args)
+        per_worker = _collect(processes, results, timeout=1200)
+    _assert_complete(url, name, FLEET_TRIALS, per_worker)
+    return peak.peak
+
+
+@pytest.mark.slow
+def test_64_workers_complete_an_experiment_within_100_server_connections(own_server, own_database):
+    peak = _run_fleet(own_server, own_database, {"type": "sql", "uri": own_database})
+    print(f"64 workers directly: peak {peak} server connections")
+    assert peak <= 100
+
+
+@pytest.mark.slow
+def test_64_workers_complete_an_experiment_through_pgbouncer_in_transaction_pooling(own_server, own_database):
+    with PgBouncer(own_server.port, pool_size=BOUNCER_POOL) as bouncer:
+        url = bouncer.url(own_database.rsplit("/", 1)[1])
+        peak = _run_fleet(own_server, own_database, {"type": "sql", "uri": url, "pool_mode": "transaction"})
+    print(f"64 workers through PgBouncer: peak {peak} server connections")
+    assert peak <= BOUNCER_POOL

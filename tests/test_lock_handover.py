@@ -1,0 +1,137 @@
+"""The algorithm lock changes hands at once, in arrival order, whatever happens to its holder.
+
+1. A holder SIGKILLed while seven processes wait loses the lock within 1 s (on
+   SQLite by seeing its pid gone, not by the 60 s lease), and the waiters get it
+   in the order they arrived.
+2. A failure while saving the state on release (a real database error, raised by
+   a trigger) still frees the lock, and the stored state stays as it was.
+3. Oríon's stress scenario passes beside two processes burning the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import sqlalchemy as sa
+import test_concurrency as concurrency
+from test_concurrency import CONTEXT, kill, start
+
+from orion_sql import SQL
+from support.documents import new_experiment
+
+WAITERS = 7
+HELD_SECONDS = 0.05
+BURNERS = 2
+
+
+def _hold_until_killed(url: str, experiment_id, held) -> None:
+    storage = SQL(uri=url)
+    with storage.acquire_algorithm_lock(uid=experiment_id, timeout=60):
+        held.set()
+        time.sleep(600)
+
+
+def _wait_then_hold_briefly(url: str, experiment_id) -> float:
+    storage = SQL(uri=url)
+    with storage.acquire_algorithm_lock(uid=experiment_id, timeout=120, retry_interval=1):
+        acquired = time.time()
+        time.sleep(HELD_SECONDS)
+    return acquired
+
+
+def _queued_waiters(storage: SQL, experiment_id) -> int:
+    """Processes queued for the lock: SQLite's queue table, PostgreSQL's lock waits."""
+    if storage._db.dialect.name == "sqlite":
+        statement = sa.text("SELECT count(*) FROM algo_lock_waiters WHERE experiment_id = :id")
+        params = {"id": experiment_id}
+    else:
+        statement = sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        params = {}
+    with storage._db.engine.connect() as conn:
+        return conn.execute(statement, params).scalar_one()
+
+
+@pytest.mark.slow
+def test_a_killed_holder_loses_the_lock_within_a_second_and_waiters_follow_in_order(database_url):
+    storage = SQL(uri=database_url)
+    experiment_id = new_experiment(storage, "handover")["_id"]
+    held = CONTEXT.Event()
+    holder, _ = start(_hold_until_killed, database_url, experiment_id, held)
+    waiters = []
+    try:
+        assert held.wait(timeout=60), "the holder never got the lock"
+        for index in range(WAITERS):
+            waiters.append(start(_wait_then_hold_briefly, database_url, experiment_id))
+            deadline = time.monotonic() + 60
+            while _queued_waiters(storage, experiment_id) < index + 1:  # each queued before the next comes
+                assert time.monotonic() < deadline, f"waiter {index} never queued"
+                time.sleep(0.02)
+    finally:
+        killed_at = time.time()
+        kill(holder)
+    outcomes = [results.get(timeout=120) for _, results in waiters]
+    assert all(ok for _, ok, _ in outcomes), [value for _, ok, value in outcomes if not ok]
+    acquired = [value for _, _, value in outcomes]
+    for process, _ in waiters:
+        process.join(timeout=10)
+    assert acquired[0] - killed_at < 1.0, f"the first waiter got the lock {acquired[0] - killed_at:.2f}s after the kill"
+    assert acquired == sorted(acquired), "waiters were not served in the order they arrived"
+
+
+FAILING_SAVE = {
+    "sqlite": [
+        "CREATE TRIGGER no_space BEFORE UPDATE OF state ON algo_locks"
+        " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION no_space() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$",
+        "CREATE TRIGGER no_space BEFORE UPDATE OF state ON algo_locks FOR EACH ROW EXECUTE FUNCTION no_space()",
+    ],
+}
+
+
+def test_a_failure_while_saving_the_state_still_frees_the_lock_and_keeps_the_state(storage):
+    experiment_id = new_experiment(storage, "disk-full")["_id"]
+    with storage.acquire_algorithm_lock(uid=experiment_id) as locked:
+        locked.set_state({"saved": "before"})
+    with storage._db.engine.begin() as conn:
+        for statement in FAILING_SAVE[storage._db.dialect.name]:
+            conn.execute(sa.text(statement))
+
+    with pytest.raises(sa.exc.DBAPIError, match="disk is full|No space left"):
+        with storage.acquire_algorithm_lock(uid=experiment_id) as locked:
+            locked.set_state({"saved": "never"})
+
+    info = storage.get_algorithm_lock_info(uid=experiment_id)
+    assert (info.locked, info.state) == (False, {"saved": "before"})
+    with storage._db.engine.begin() as conn:
+        conn.execute(
+            sa.text("DROP TRIGGER no_space" + (" ON algo_locks" if storage._db.dialect.name == "postgresql" else ""))
+        )
+    started = time.monotonic()
+    with storage.acquire_algorithm_lock(uid=experiment_id, timeout=5) as locked:
+        assert locked.state == {"saved": "before"}
+    assert time.monotonic() - started < 1.0
+
+
+def _burn(stop) -> None:
+    while not stop.is_set():
+        sum(i * i for i in range(10_000))
+
+
+@pytest.mark.slow
+def test_orion_stress_scenario_beside_cpu_burning_processes(database_url):
+    stop = CONTEXT.Event()
+    burners = [CONTEXT.Process(target=_burn, args=(stop,), daemon=True) for _ in range(BURNERS)]
+    for burner in burners:
+        burner.start()
+    try:
+        concurrency.test_orion_stress_scenario(database_url)
+    finally:
+        stop.set()
+        for burner in burners:
+            burner.join(timeout=10)
