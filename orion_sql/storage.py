@@ -2,40 +2,40 @@
 
 Each protocol method is one short transaction. Return values and exceptions
 follow Oríon's legacy storage (`orion/storage/legacy.py`); what differs is said
-in the method's docstring.
+in the method's docstring. The trial methods live here; the experiment and benchmark
+methods in :mod:`orion_sql.document_methods`, the algorithm lock's in
+:mod:`orion_sql.lock_methods`.
 """
 from __future__ import annotations
 
 import datetime
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orion.core
-from orion.core.io.database.ephemeraldb import EphemeralDocument
 from orion.core.worker.trial import Trial, validate_status
 from orion.storage.base import (
     BaseStorageProtocol,
     FailedUpdate,
-    LockAcquisitionTimeout,
-    get_uid,
 )
-from sqlalchemy import Connection, Table, and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import arguments, fencing, mapping, recovery, rows, statements
 from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
-from orion_sql.filters import BENCHMARK_FILTERS, EXPERIMENT_FILTERS, TRIAL_FILTERS
+from orion_sql.document_methods import DocumentMethods
+from orion_sql.filters import TRIAL_FILTERS
 from orion_sql.location import redact, resolve_url
-from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, algo_locks, benchmarks, experiments, trials
-from orion_sql.query import Collection, compile_filter
+from orion_sql.lock_methods import AlgorithmLockMethods
+from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, trials
 from orion_sql.schema import ensure_schema, upgrade_for_orion_db_upgrade
 from orion_sql.settings import ConnectionSettings
 from orion_sql.trial_cache import TrialCache
 
 
-class SQL(BaseStorageProtocol):
+class SQL(DocumentMethods, AlgorithmLockMethods, BaseStorageProtocol):
     """Oríon storage in a relational database: a SQLite file or a PostgreSQL server.
 
     Parameters
@@ -125,86 +125,6 @@ class SQL(BaseStorageProtocol):
     def close(self) -> None:
         """Close this process's connections to the database; they reopen on next use."""
         self._db.dispose()
-
-    # --- shared steps ------------------------------------------------------------
-
-    def _filter(self, query, collection: Collection) -> ColumnElement[bool]:
-        return compile_filter(query, collection, self._db.dialect)
-
-    def _fetch_documents(self, table: Table, collection: Collection, query, selection) -> list[dict]:
-        statement = select(table.c.id, table.c.document).where(self._filter(query, collection)).order_by(table.c.id)
-        found = self._db.run(lambda conn: conn.execute(statement).all(), write=False, autocommit=True)
-        stored = [mapping.document_of(row) for row in found]
-        if not selection:  # Oríon's flatten, which selections use, loses keys repeating a parent's
-            return stored
-        return [EphemeralDocument(document).select(selection) for document in stored]
-
-    # --- benchmarks --------------------------------------------------------------
-
-    def create_benchmark(self, config):
-        """Insert a benchmark; sets ``config["_id"]``. DuplicateKeyError on a known name."""
-        values = {**mapping.benchmark_columns(config), "id": mapping.explicit_id(config)}
-        config["_id"] = self._db.run(
-            lambda conn: rows.insert_keeping_id(conn, self._db.dialect, benchmarks, values), write=True
-        )
-        return 1
-
-    def fetch_benchmark(self, query, selection=None):
-        return self._fetch_documents(benchmarks, BENCHMARK_FILTERS, query, selection)
-
-    def delete_benchmark(self, query):
-        """Oríon 0.2.8: delete the benchmarks matching `query`; returns how many."""
-        statement = delete(benchmarks).where(self._filter(query, BENCHMARK_FILTERS))
-        return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
-
-    # --- experiments -------------------------------------------------------------
-
-    def create_experiment(self, config, algo_locked=0, algo_state=None, algo_heartbeat=None):
-        """Insert an experiment and its algorithm lock together; sets ``config["_id"]``.
-
-        The lock is free with no state (Oríon 0.2.7), or as the `algo_*` arguments
-        say (Oríon 0.2.8, see :meth:`write_algorithm_lock`). DuplicateKeyError when
-        (name, version) exists. An explicit ``_id`` is kept.
-        """
-        values = {**mapping.experiment_columns(config), "id": mapping.explicit_id(config)}
-        lock = rows.algorithm_lock_row(
-            self._db.dialect, None, config.get("algorithm", {}), algo_locked, algo_state, algo_heartbeat
-        )
-
-        def create(conn):
-            experiment_id = rows.insert_keeping_id(conn, self._db.dialect, experiments, values)
-            conn.execute(insert(algo_locks).values({**lock, "experiment_id": experiment_id}))
-            return experiment_id
-
-        config["_id"] = self._db.run(create, write=True)
-        return 1
-
-    def delete_experiment(self, experiment=None, uid=None):
-        """Delete an experiment; its trials and algorithm lock go with it (cascade)."""
-        uid = arguments.experiment_id(experiment, uid)
-        statement = delete(experiments).where(experiments.c.id == uid)
-        return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
-
-    def update_experiment(self, experiment=None, uid=None, where=None, **kwargs):
-        """Set fields of an experiment document (dotted keys set nested fields).
-
-        Returns the number of experiments matched. ``_id`` cannot be changed.
-        """
-        uid = arguments.experiment_id(experiment, uid)
-        clause = and_(experiments.c.id == uid, self._filter(where, EXPERIMENT_FILTERS))
-
-        def update_documents(conn):
-            found = conn.execute(select(experiments).where(clause).with_for_update()).all()
-            for row in found:
-                document = mapping.apply_set(row.document, kwargs, row.id)
-                columns = mapping.experiment_columns(document)
-                conn.execute(update(experiments).where(experiments.c.id == row.id).values(**columns))
-            return len(found)
-
-        return self._db.run(update_documents, write=True)
-
-    def fetch_experiments(self, query, selection=None):
-        return self._fetch_documents(experiments, EXPERIMENT_FILTERS, query, selection)
 
     # --- trials ------------------------------------------------------------------
 
@@ -380,64 +300,6 @@ class SQL(BaseStorageProtocol):
         token = fencing.token_of(trial)
         beat = lambda conn: conn.execute(statement, token).rowcount  # noqa: E731
         return self._db.run(beat, write=True, idempotent=True, autocommit=True)
-
-    # --- algorithm lock ----------------------------------------------------------
-
-    def initialize_algorithm_lock(self, experiment_id, algorithm_config):
-        """Oríon 0.2.7: create the experiment's algorithm lock; DuplicateKeyError if it has one."""
-        experiment_id = mapping.checked_id(experiment_id, "experiment id")
-        row = rows.algorithm_lock_row(self._db.dialect, experiment_id, algorithm_config)
-        return self._write_lock(lambda conn: conn.execute(insert(algo_locks).values(row)), experiment_id)
-
-    def write_algorithm_lock(self, experiment_id, algorithm_config, locked=0, state=None, heartbeat=None):
-        """Oríon 0.2.8: create or replace the experiment's algorithm lock (its `orion db load`).
-
-        A lock written `locked` has no live holder (see :func:`orion_sql.rows.algorithm_lock_row`).
-        """
-        experiment_id = mapping.checked_id(experiment_id, "experiment id")
-        row = rows.algorithm_lock_row(self._db.dialect, experiment_id, algorithm_config, locked, state, heartbeat)
-
-        def replace(conn):
-            conn.execute(delete(algo_locks).where(algo_locks.c.experiment_id == experiment_id))
-            conn.execute(insert(algo_locks).values(row))
-
-        return self._write_lock(replace, experiment_id)
-
-    def _write_lock(self, work: Callable[[Connection], Any], experiment_id) -> int:
-        try:
-            self._db.run(work, write=True)
-        except MissingReference:
-            raise ValueError(f"experiment {experiment_id!r} does not exist") from None
-        return 1
-
-    def release_algorithm_lock(self, experiment=None, uid=None, new_state=None):
-        """Free the lock from outside its holder (``orion db release``).
-
-        Returns 1 when the lock is free afterwards; 0 when the experiment has no
-        lock, or (PostgreSQL) a live worker holds it: a dead one's lock is
-        released by the server with its connection.
-        """
-        return self._lock.release(arguments.experiment_id(experiment, uid), new_state)
-
-    def get_algorithm_lock_info(self, experiment=None, uid=None):
-        """The stored algorithm state and heartbeat; ``locked`` is true while someone holds the lock."""
-        return self._lock.info(arguments.experiment_id(experiment, uid))
-
-    def delete_algorithm_lock(self, experiment=None, uid=None):
-        statement = delete(algo_locks).where(algo_locks.c.experiment_id == arguments.experiment_id(experiment, uid))
-        return self._db.run(rows.rows_matched(statement), write=True, autocommit=True)
-
-    def acquire_algorithm_lock(self, experiment=None, uid=None, timeout=60, retry_interval=1):
-        """Hold the experiment's algorithm lock for a ``with`` block (see orion_sql.algo_lock).
-
-        LockAcquisitionTimeout when not acquired within `timeout` seconds.
-        """
-        uid = get_uid(experiment, uid)
-        try:
-            mapping.checked_id(uid, "experiment id")
-        except ValueError:  # Oríon expects its protocol error for an id that names no lock
-            raise LockAcquisitionTimeout(f"experiment {uid!r} has no algorithm lock") from None
-        return self._lock.acquire(uid, timeout, retry_interval)
 
     # --- helpers -----------------------------------------------------------------
 
