@@ -37,10 +37,12 @@ test: lint postgresql pgbouncer
 test-fast: $(BIN)/activate postgresql pgbouncer
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-benchmarks: $(BIN)/activate postgresql
+benchmarks: $(BIN)/activate postgresql pgbouncer
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/reserve_throughput.py
 	$(BIN)/python benchmarks/workon_throughput.py
+	$(BIN)/python benchmarks/experiment_size.py
+	$(BIN)/python benchmarks/fleet.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
