@@ -214,12 +214,3 @@ def _end(transaction: contextlib.ExitStack, error: BaseException) -> None:
     """Roll `transaction` back after `error`; a dead connection has rolled back already."""
     with contextlib.suppress(DBAPIError):
         transaction.__exit__(type(error), error, error.__traceback__)
-
-
-def algorithm_lock(database: Database, expiry: float) -> AlgorithmLock:
-    """The lock strategy that suits the database."""
-    if database.dialect.has_row_locks:
-        return RowLock(database)
-    from orion_sql.lease_lock import LeaseLock  # it builds on this module
-
-    return LeaseLock(database, expiry)

@@ -14,9 +14,18 @@ from orion.storage.base import LockAcquisitionTimeout, get_uid
 from sqlalchemy import Connection, delete, insert
 
 from orion_sql import arguments, mapping, rows
-from orion_sql.algo_lock import AlgorithmLock
+from orion_sql.algo_lock import AlgorithmLock, RowLock
 from orion_sql.database import Database, MissingReference
+from orion_sql.lease_lock import LeaseLock
 from orion_sql.models import algo_locks
+
+
+def algorithm_lock(database: Database, expiry: float) -> AlgorithmLock:
+    """The lock strategy that suits the database: the row lock where the database has
+    row locks, else the lease (see :mod:`orion_sql.algo_lock`)."""
+    if database.dialect.has_row_locks:
+        return RowLock(database)
+    return LeaseLock(database, expiry)
 
 
 class AlgorithmLockMethods:

@@ -23,12 +23,11 @@ from sqlalchemy import and_, delete, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import arguments, fencing, mapping, recovery, rows, statements
-from orion_sql.algo_lock import algorithm_lock
 from orion_sql.database import Database, MissingReference, process_name
 from orion_sql.document_methods import DocumentMethods
 from orion_sql.filters import TRIAL_FILTERS
 from orion_sql.location import redact, resolve_url
-from orion_sql.lock_methods import AlgorithmLockMethods
+from orion_sql.lock_methods import AlgorithmLockMethods, algorithm_lock
 from orion_sql.models import PENDING_STATUSES, TRIAL_STATUSES, trials
 from orion_sql.schema import ensure_schema, upgrade_for_orion_db_upgrade
 from orion_sql.settings import ConnectionSettings

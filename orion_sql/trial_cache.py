@@ -39,6 +39,7 @@ from orion_sql.database import Database
 from orion_sql.dialects import Dialect
 from orion_sql.exact_json import loads_value
 from orion_sql.models import ExperimentRow, TrialRow, experiments, trials
+from orion_sql.statements import values_of_trials
 
 # Experiments not read for this long are dropped at the next read of any other.
 IDLE_SECONDS = 600.0
@@ -190,8 +191,6 @@ def check_statement(dialect: Dialect) -> Select:
 def changed_trials_statements(dialect: Dialect) -> tuple[Select, CompoundSelect]:
     """The trial rows of an experiment the snapshot of mark ``since`` did not see, and
     their params and results (as :func:`statements.values_of_trials` gives them)."""
-    from orion_sql.statements import values_of_trials
-
     clause = (TrialRow.experiment_id == bindparam("experiment")) & dialect.unseen_trial_changes(trials.c.change_stamp)
     return select(*_ROW_COLUMNS).where(clause), values_of_trials(select(TrialRow.id).where(clause), json_text=True)
 
