@@ -77,6 +77,12 @@ def run_children(target: Callable, args_list: list[tuple], timeout: float) -> li
 
     Fails the test if a child raised (its traceback is shown) or died silently.
     """
+    return collect_children(*start_children(target, args_list), timeout)
+
+
+def start_children(target: Callable, args_list: list[tuple]) -> tuple[list[Any], Any]:
+    """Start one child per args running `target(*args)`; the children and their result
+    queue, for :func:`collect_children` (a test may act on a server in between)."""
     results = CONTEXT.Queue()
     processes = [
         CONTEXT.Process(target=_report, args=(results, index, target, args), daemon=True)
@@ -84,6 +90,12 @@ def run_children(target: Callable, args_list: list[tuple], timeout: float) -> li
     ]
     for process in processes:
         process.start()
+    return processes, results
+
+
+def collect_children(processes: list[Any], results, timeout: float) -> list:
+    """The results of children :func:`start_children` started, in order; fails the test
+    if one raised or they did not all finish within `timeout` seconds."""
     collected: dict[int, Any] = {}
     failures: list[str] = []
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ import time
 
 import pytest
 from orion.client import create_experiment
-from test_concurrency import CONTEXT, _report
+from test_concurrency import collect_children, start_children
 
 from orion_sql import SQL
 from support.servers import OwnPostgreSQL, PeakConnections, PgBouncer
@@ -74,37 +74,6 @@ def _orion_worker(storage: dict, name: str, trials: int, objective, per_worker: 
         )
 
 
-def _start_workers(count: int, args: tuple) -> tuple[list, object]:
-    results = CONTEXT.Queue()
-    processes = [
-        CONTEXT.Process(target=_report, args=(results, index, _orion_worker, args), daemon=True)
-        for index in range(count)
-    ]
-    for process in processes:
-        process.start()
-    return processes, results
-
-
-def _collect(processes, results, timeout: float) -> list[int]:
-    done: dict[int, int] = {}
-    failures: list[str] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(done) + len(failures) < len(processes):
-            index, ok, value = results.get(timeout=max(1.0, deadline - time.monotonic()))
-            if ok:
-                done[index] = value
-            else:
-                failures.append(value)
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-    assert not failures, f"{len(failures)} worker(s) failed; the first:\n{failures[0]}"
-    return [done[index] for index in range(len(processes))]
-
-
 def _assert_complete(url: str, name: str, trials: int, completed_per_worker: list[int]) -> None:
     storage = SQL(uri=url)
     (document,) = storage.fetch_experiments({"name": name})
@@ -120,7 +89,7 @@ def _assert_complete(url: str, name: str, trials: int, completed_per_worker: lis
 def test_four_workers_ride_out_two_restarts_of_their_server(own_server, own_database):
     storage = {"type": "sql", "uri": own_database}
     name = "restarts"
-    processes, results = _start_workers(4, (storage, name, RESTART_TRIALS, _slow_objective))
+    processes, results = start_children(_orion_worker, [(storage, name, RESTART_TRIALS, _slow_objective)] * 4)
     watcher = SQL(uri=own_database)
 
     def completed() -> int:
@@ -134,7 +103,7 @@ def test_four_workers_ride_out_two_restarts_of_their_server(own_server, own_data
             time.sleep(0.2)
         watcher.close()
         own_server.restart(mode)
-    per_worker = _collect(processes, results, timeout=600)
+    per_worker = collect_children(processes, results, timeout=600)
     assert completed() >= RESTART_TRIALS, "the experiment finished before the restarts"
     _assert_complete(own_database, name, RESTART_TRIALS, per_worker)
 
@@ -145,8 +114,8 @@ def _run_fleet(server: OwnPostgreSQL, url: str, storage: dict) -> int:
     dbname = url.rsplit("/", 1)[1]
     with PeakConnections(server, dbname) as peak:
         args = (storage, name, FLEET_TRIALS, _trivial_objective, FLEET_TRIALS // FLEET_WORKERS)
-        processes, results = _start_workers(FLEET_WORKERS, args)
-        per_worker = _collect(processes, results, timeout=1200)
+        processes, results = start_children(_orion_worker, [args] * FLEET_WORKERS)
+        per_worker = collect_children(processes, results, timeout=1200)
     _assert_complete(url, name, FLEET_TRIALS, per_worker)
     return peak.peak
 
