@@ -20,15 +20,12 @@ PgBouncer at least 0.7 times the direct rate at 16 workers.
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import sys
 
 import common
 import reserve_throughput
 import workon_throughput
-from orion.client import create_experiment
-from orion.executor.single_backend import SingleExecutor
 from tabulate import tabulate
 
 from orion_sql import SQL
@@ -61,25 +58,6 @@ def pairs_per_second(server, bouncer, route: str, workers: int, trials: int, sec
     return sum(done) / elapsed, peak.peak
 
 
-def workon_worker(barrier, name: str, storage: dict, trials: int, per_worker: int) -> int:
-    """workon_throughput's worker, with every trial suggested at once (pool_size) and a
-    share of them per worker: 64 idle workers would otherwise queue on the algorithm
-    lock to suggest, and Oríon's observe gives up on it after 60 s."""
-    logging.getLogger("orion").setLevel(logging.ERROR)
-    client = create_experiment(
-        name,
-        space={"x": "uniform(0, 1)"},
-        algorithm={"random": {"seed": 1}},
-        max_trials=trials,
-        storage=storage,
-        executor=SingleExecutor(),
-    )
-    barrier.wait()
-    return client.workon(
-        workon_throughput.objective, n_workers=1, max_trials=trials, pool_size=trials, max_trials_per_worker=per_worker
-    )
-
-
 def workon_per_second(server, bouncer, route: str, workers: int, per_worker: int) -> tuple[float, int]:
     dbname, direct = fresh(server)
     url = direct if route == "direct" else bouncer.url(dbname)
@@ -87,7 +65,7 @@ def workon_per_second(server, bouncer, route: str, workers: int, per_worker: int
     storage = {"type": "sql", "uri": url}
     with PeakConnections(server, dbname) as peak:
         done, elapsed = common.run_together(
-            workon_worker, [(f"workon-{workers}", storage, trials, per_worker)] * workers
+            workon_throughput.worker, [(f"workon-{workers}", storage, trials, per_worker)] * workers
         )
     return sum(done) / elapsed, peak.peak
 

@@ -37,8 +37,13 @@ def objective(x: float) -> list[dict]:
     return [{"name": "objective", "type": "objective", "value": x}]
 
 
-def worker(barrier, name: str, storage: dict, max_trials: int) -> int:
-    """One `orion hunt`-like worker; returns the trials it completed."""
+def worker(barrier, name: str, storage: dict, max_trials: int, per_worker: int | None = None) -> int:
+    """One `orion hunt`-like worker; returns the trials it completed.
+
+    With `per_worker`, every trial is suggested at once (pool_size) and the worker
+    stops after its share: many idle workers would otherwise queue on the algorithm
+    lock to suggest, and Oríon's observe gives up on it after 60 s (benchmarks/fleet.py).
+    """
     logging.getLogger("orion").setLevel(logging.ERROR)
     client = create_experiment(
         name,
@@ -49,7 +54,11 @@ def worker(barrier, name: str, storage: dict, max_trials: int) -> int:
         executor=SingleExecutor(),
     )
     barrier.wait()
-    return client.workon(objective, n_workers=1, max_trials=max_trials)
+    if per_worker is None:
+        return client.workon(objective, n_workers=1, max_trials=max_trials)
+    return client.workon(
+        objective, n_workers=1, max_trials=max_trials, pool_size=max_trials, max_trials_per_worker=per_worker
+    )
 
 
 def storage_config(backend: str, postgresql: str, folder: str, run: str) -> dict:
