@@ -311,7 +311,7 @@ class SQL(DocumentMethods, AlgorithmLockMethods, BaseStorageProtocol):
 
     def _trials_with_status(self, experiment, statuses: tuple[str, ...]) -> list[Trial]:
         if self._cache is not None:
-            return self._cache.trials(self._db, experiment.id, keep=lambda trial: trial.status in statuses)
+            return self._cache.trials(self._db, experiment.id, statuses)
         return self._select_trials(and_(trials.c.experiment_id == experiment.id, trials.c.status.in_(statuses)))
 
     def _count_trials(self, experiment, status: str) -> int:

@@ -26,9 +26,10 @@ import copy
 import dataclasses
 import datetime
 import gc
+import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from orion.core.worker.trial import Trial
@@ -56,6 +57,11 @@ class _Experiment:
     by_id: dict[int, Trial]
     order: list[int]  # ids by submit time (none first), then id: as the storage sorts
     read_at: float = 0.0
+    # Ids by status, and each id's index in `order`: a status read touches only its trials.
+    by_status: collections.defaultdict[str, set[int]] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(set)
+    )
+    position: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 class TrialCache:
@@ -70,11 +76,9 @@ class TrialCache:
         self._experiments: collections.OrderedDict[int, _Experiment] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def trials(
-        self, database: Database, experiment_id: int, keep: Callable[[Trial], bool] | None = None
-    ) -> list[Trial]:
-        """Copies of the experiment's trials (those `keep` accepts), as the database
-        holds them now."""
+    def trials(self, database: Database, experiment_id: int, statuses: Iterable[str] | None = None) -> list[Trial]:
+        """Copies of the experiment's trials (those with one of `statuses`, if given), as
+        the database holds them now."""
         with self._lock, paused_gc():
             cached = self._experiments.get(experiment_id)
             since = cached.mark if cached else None
@@ -94,8 +98,11 @@ class TrialCache:
             cached.read_at = time.monotonic()
             self._experiments.move_to_end(experiment_id)
             self._forget_beyond_bounds()
-            ordered = map(cached.by_id.__getitem__, cached.order)
-            return [isolated_copy(trial) for trial in ordered if keep is None or keep(trial)]
+            ids: Iterable[int] = cached.order
+            if statuses is not None:
+                chosen = itertools.chain.from_iterable(cached.by_status.get(status, ()) for status in statuses)
+                ids = sorted(chosen, key=cached.position.__getitem__)
+            return [isolated_copy(trial) for trial in map(cached.by_id.__getitem__, ids)]
 
     @property
     def size(self) -> int:
@@ -154,21 +161,28 @@ def _sort_key(trial: Trial) -> tuple:
 
 
 def _merge(cached: _Experiment, changed: Iterable[Trial]) -> None:
-    """Put `changed` trials in the cache, keeping the order by (submit time, id)."""
-    by_id, order = cached.by_id, cached.order
+    """Put `changed` trials in the cache, keeping the order by (submit time, id) and
+    the ids by status."""
+    by_id, order, by_status, position = cached.by_id, cached.order, cached.by_status, cached.position
     resort = False
     for trial in changed:
         trial_id = trial.id_override
         before = by_id.get(trial_id)
         by_id[trial_id] = trial
+        by_status[trial._status].add(trial_id)
         if before is None:
             if order and _sort_key(trial) < _sort_key(by_id[order[-1]]):
                 resort = True
+            position[trial_id] = len(order)
             order.append(trial_id)
-        elif before.submit_time != trial.submit_time:
-            resort = True
+        else:
+            if before._status != trial._status:
+                by_status[before._status].discard(trial_id)
+            resort = resort or before.submit_time != trial.submit_time
     if resort:
         order.sort(key=lambda trial_id: _sort_key(by_id[trial_id]))
+        position.clear()
+        position.update((trial_id, index) for index, trial_id in enumerate(order))
 
 
 # --- statements ---------------------------------------------------------------
