@@ -16,13 +16,16 @@ per experiment, the trials last read, with three numbers from the database
 A read asks one small statement whether anything changed (:func:`check_statement`);
 if not, it returns copies of the cached trials. Otherwise it reads, in one
 snapshot, the trial rows that snapshot ``mark`` did not see, with their values, and
-merges them. Returned trials are the caller's (:func:`isolated_copy`).
+merges them. Returned trials are the caller's: :class:`SharedTrial` views of the
+cached ones, which copy their params and results at the first touch and keep the
+cached trial's hashes while those are still shared.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import copy
+import copyreg
 import dataclasses
 import datetime
 import gc
@@ -54,7 +57,7 @@ class _Experiment:
     incarnation: int
     deletions: int
     mark: Any
-    by_id: dict[int, Trial]
+    by_id: dict[int, _Stored]
     order: list[int]  # ids by submit time (none first), then id: as the storage sorts
     read_at: float = 0.0
     # Ids by status, and each id's index in `order`: a status read touches only its trials.
@@ -102,7 +105,7 @@ class TrialCache:
             if statuses is not None:
                 chosen = itertools.chain.from_iterable(cached.by_status.get(status, ()) for status in statuses)
                 ids = sorted(chosen, key=cached.position.__getitem__)
-            return [isolated_copy(trial) for trial in map(cached.by_id.__getitem__, ids)]
+            return [shared_view(trial) for trial in map(cached.by_id.__getitem__, ids)]
 
     @property
     def size(self) -> int:
@@ -160,7 +163,7 @@ def _sort_key(trial: Trial) -> tuple:
     return (submitted is not None, submitted or _EARLIEST, trial.id_override)
 
 
-def _merge(cached: _Experiment, changed: Iterable[Trial]) -> None:
+def _merge(cached: _Experiment, changed: Iterable[_Stored]) -> None:
     """Put `changed` trials in the cache, keeping the order by (submit time, id) and
     the ids by status."""
     by_id, order, by_status, position = cached.by_id, cached.order, cached.by_status, cached.position
@@ -219,12 +222,123 @@ _ROW_COLUMNS = (
 )
 _new = object.__new__
 _Param, _Result = Trial.Param, Trial.Result
-# The slots isolated_copy and build_trials fill; a test checks Oríon's Trial still has these.
+# The slots shared_view, isolated_copy and build_trials fill; a test checks Oríon's Trial still has these.
 TRIAL_SLOTS = (
     "experiment", "_id", "_status", "worker", "_exp_working_dir", "heartbeat", "submit_time",
     "start_time", "end_time", "_results", "_params", "parent", "id_override",
 )
 _MUTABLE = (list, dict)
+# Trial's own slots for params and results, which SharedTrial reaches past its properties.
+_PARAMS_SLOT, _RESULTS_SLOT = Trial.__dict__["_params"], Trial.__dict__["_results"]
+_get_params, _set_params = _PARAMS_SLOT.__get__, _PARAMS_SLOT.__set__
+_get_results, _set_results = _RESULTS_SLOT.__get__, _RESULTS_SLOT.__set__
+
+
+class _Stored(Trial):
+    """A trial as the cache keeps it: never handed out, never changed once built (a
+    changed trial is built anew), and the hashes Oríon asked of it, each computed once."""
+
+    __slots__ = ("hashes",)
+
+
+def _own_params(trial: SharedTrial) -> list:
+    params = _get_params(trial)
+    if params is None:  # still the stored trial's: copied at the first touch
+        params = [_value(_Param, value.name, value._type, value.value) for value in trial._source._params]
+        _set_params(trial, params)
+    return params
+
+
+def _own_results(trial: SharedTrial) -> list:
+    results = _get_results(trial)
+    if results is None:
+        results = [_value(_Result, value.name, value._type, value.value) for value in trial._source._results]
+        _set_results(trial, results)
+    return results
+
+
+class SharedTrial(Trial):
+    """A trial as a cached read returns it: the caller's own, made in about a
+    microsecond whatever it holds.
+
+    Its fields (status, times, worker, ...) are its own. Its params and results are
+    the stored trial's until first touched: reading or setting ``_params``,
+    ``params``, ``_results``, ``results`` (or anything built on them, ``to_dict``
+    included) first gives the trial its own copies, list values copied too. So
+    nothing done to it reaches the cache, and a read that only looks at statuses
+    (Oríon's ``is_done``) copies nothing.
+
+    While its params (and, for hashes that count the lie, its results) and its
+    parent are still the stored trial's, its hashes are the stored trial's,
+    computed once per stored trial instead of at every read: Oríon's EVC code hashes
+    every trial of the experiment twice per ``is_done``. Once any of those is its
+    own, it is hashed as any Trial is, so changing it changes its hash.
+
+    ``copy.copy``, ``copy.deepcopy`` and ``pickle`` give a plain :class:`Trial` with
+    its own values: Oríon's EVC adapters deep-copy trials before changing them, and
+    a pickled algorithm state never names this class.
+    """
+
+    # No __slots__ of its own: Trial.to_dict lists ``self.__slots__``, which must stay
+    # Trial's. The stored trial is ``_source``, in the instance's dict.
+    _source: _Stored
+
+    _params = property(_own_params, _set_params)
+    _results = property(_own_results, _set_results)
+
+    @staticmethod
+    def compute_trial_hash(
+        trial: Trial,
+        ignore_fidelity: bool = False,
+        ignore_experiment: bool | None = None,
+        ignore_lie: bool = False,
+        ignore_parent: bool = False,
+    ) -> str:
+        """Oríon's trial hash; the stored trial's, computed once, while what it
+        covers is still the stored trial's."""
+        if (
+            type(trial) is not SharedTrial
+            or ignore_experiment is not None
+            or _get_params(trial) is not None
+            or (not ignore_lie and _get_results(trial) is not None)
+            or trial.parent is not trial._source.parent
+        ):
+            return Trial.compute_trial_hash(trial, ignore_fidelity, ignore_experiment, ignore_lie, ignore_parent)
+        source = trial._source
+        hashes = source.hashes
+        if hashes is None:
+            hashes = source.hashes = {}
+        key = (ignore_fidelity, ignore_lie, ignore_parent)
+        found = hashes.get(key)
+        if found is None:
+            found = hashes[key] = Trial.compute_trial_hash(
+                source, ignore_fidelity=ignore_fidelity, ignore_lie=ignore_lie, ignore_parent=ignore_parent
+            )
+        return found
+
+    def __reduce_ex__(self, protocol):
+        # Reduced as a plain Trial with its own values, rebuilt by the standard library alone.
+        return copyreg._reconstructor, (Trial, object, None), isolated_copy(self).__getstate__()
+
+
+def shared_view(source: _Stored) -> SharedTrial:
+    """A :class:`SharedTrial` of a stored trial."""
+    made = _new(SharedTrial)
+    made.experiment = source.experiment
+    made._id = source._id
+    made._status = source._status
+    made.worker = source.worker
+    made._exp_working_dir = source._exp_working_dir
+    made.heartbeat = source.heartbeat
+    made.submit_time = source.submit_time
+    made.start_time = source.start_time
+    made.end_time = source.end_time
+    made.parent = source.parent
+    made.id_override = source.id_override
+    _set_params(made, None)
+    _set_results(made, None)
+    made._source = source
+    return made
 
 
 def _value(kind, name, type_, value):
@@ -235,9 +349,20 @@ def _value(kind, name, type_, value):
     return made
 
 
+def _values_of(trial: Trial) -> tuple[list, list]:
+    """The trial's params and results, without copying a SharedTrial's."""
+    if type(trial) is SharedTrial:
+        params, results = _get_params(trial), _get_results(trial)
+        source = trial._source
+        return (source._params if params is None else params), (source._results if results is None else results)
+    return trial._params, trial._results
+
+
 def isolated_copy(trial: Trial) -> Trial:
-    """A copy of `trial` sharing nothing mutable with it (about 1 µs; ``Trial(**doc)``
-    takes about 9): its params and results are new objects, list values copied."""
+    """A plain Trial copy of `trial` sharing nothing mutable with it (about 1 µs;
+    ``Trial(**doc)`` takes about 9): its params and results are new objects, list
+    values copied."""
+    params, results = _values_of(trial)
     made = _new(Trial)
     made.experiment = trial.experiment
     made._id = trial._id
@@ -250,18 +375,18 @@ def isolated_copy(trial: Trial) -> Trial:
     made.end_time = trial.end_time
     made.parent = trial.parent
     made.id_override = trial.id_override
-    made._params = [_value(_Param, value.name, value._type, value.value) for value in trial._params]
-    made._results = [_value(_Result, value.name, value._type, value.value) for value in trial._results]
+    made._params = [_value(_Param, value.name, value._type, value.value) for value in params]
+    made._results = [_value(_Result, value.name, value._type, value.value) for value in results]
     return made
 
 
-def build_trials(rows, values) -> list[Trial]:
-    """Trials from trial rows and the rows of their values (ordered by trial, kind,
+def build_trials(rows, values) -> list[_Stored]:
+    """Stored trials from trial rows and the rows of their values (ordered by trial, kind,
     position; values as JSON text), built as ``Trial(**document)`` would build them, without its checks:
     what the database holds passed them when written, and its constraints hold."""
     built = {}
     for trial_id, experiment, status, worker, working_dir, heartbeat, submitted, started, ended, parent, texts in rows:
-        trial = _new(Trial)
+        trial = _new(_Stored)
         trial.experiment = experiment
         trial._id = None
         trial._status = status
@@ -273,6 +398,7 @@ def build_trials(rows, values) -> list[Trial]:
         trial.end_time = ended
         trial.parent = parent
         trial.id_override = trial_id
+        trial.hashes = None
         for key, text in (texts or {}).items():  # times written as ISO-8601 text
             setattr(trial, key, mapping.time_as_written(getattr(trial, key), text, key))
         trial._params = []

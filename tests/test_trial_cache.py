@@ -15,11 +15,16 @@ from __future__ import annotations
 import copy
 import datetime
 import multiprocessing
+import pickle
 import queue
 import random
 import traceback
+import warnings
 
 import pytest
+from orion.client import create_experiment as orion_create_experiment
+from orion.client import get_experiment
+from orion.core.evc.adapters import DimensionAddition, DimensionDeletion, DimensionPriorChange, DimensionRenaming
 from orion.core.io.database import DuplicateKeyError
 from orion.core.worker.trial import Trial
 from orion.storage.base import FailedUpdate
@@ -205,6 +210,141 @@ def test_an_isolated_copy_is_equal_and_fills_every_slot_of_orions_trial():
     copied = isolated_copy(trial)
     assert copied.to_dict() == trial.to_dict()
     assert copied.id == trial.id
+
+
+def test_a_returned_trial_copies_pickles_and_deep_copies_as_a_plain_trial_of_its_own(storage):
+    """Oríon's EVC adapters deep-copy trials, executors pickle them, algorithm states are
+    pickled into the database: none of it names orion_sql or shares the cache's values."""
+    config = new_experiment(storage)
+    storage.register_trial(make_trial(config["_id"], random.Random(8), "completed"))
+    (trial,) = storage.fetch_trials(uid=config["_id"])
+    expected = trial.to_dict()
+    for made in (copy.copy(trial), copy.deepcopy(trial), pickle.loads(pickle.dumps(trial))):
+        assert type(made) is Trial and made.to_dict() == expected
+        made._params[1].value.append("mutated")
+        made.results.append(Trial.Result(name="extra", type="statistic", value=1))
+    assert b"orion_sql" not in pickle.dumps(storage.fetch_trials(uid=config["_id"]))
+    assert as_dicts(storage.fetch_trials(uid=config["_id"])) == [expected]
+
+
+# --- 2b. hashes: computed once per cached trial, never stale --------------------------------
+
+FLAGS = [
+    {"ignore_fidelity": fidelity, "ignore_lie": lie, "ignore_parent": parent}
+    for fidelity in (False, True) for lie in (False, True) for parent in (False, True)
+]
+
+
+def hashes(trial: Trial) -> list[str]:
+    """Every hash Oríon computes of a trial (``legacy_id`` counts the experiment too)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        legacy = trial.legacy_id
+    found = [trial.compute_trial_hash(trial, **flags) for flags in FLAGS]
+    return found + [trial.id, trial.hash_name, trial.hash_params, legacy, trial.__hash__()]
+
+
+def orions_hashes(trial: Trial) -> list[str]:
+    """What Oríon's own code computes for a plain Trial of the same content."""
+    return hashes(Trial(**trial.to_dict()))
+
+
+def set_value(trial): trial._params[0].value = 0.123  # noqa: E704
+def append_param(trial): trial._params.append(Trial.Param(name="y", type="real", value=2.0))  # noqa: E704
+def delete_param(trial): del trial._params[0]  # noqa: E704
+def replace_params(trial): trial._params = [Trial.Param(name="x", type="real", value=0.5)]  # noqa: E704
+def mutate_list_value(trial): trial._params[1].value.append("relu")  # noqa: E704
+def rename_param(trial): trial._params[0].name = "renamed"  # noqa: E704
+def make_fidelity(trial): trial._params[0].type = "fidelity"  # noqa: E704
+def set_parent(trial): trial.parent = "another parent"  # noqa: E704
+def append_lie(trial): trial.results.append(Trial.Result(name="lie", type="lie", value=0.5))  # noqa: E704
+def set_results(trial): trial.results = [Trial.Result(name="l", type="objective", value=1), Trial.Result(name="lie", type="lie", value=2)]  # noqa: E501, E704
+def set_experiment(trial): trial.experiment = 999  # noqa: E704
+
+
+@pytest.mark.parametrize("mutation", [
+    set_value, append_param, delete_param, replace_params, mutate_list_value, rename_param, make_fidelity,
+    set_parent, append_lie, set_results, set_experiment,
+], ids=lambda mutation: mutation.__name__)
+def test_hashes_of_returned_trials_are_orions_before_and_after_any_change(storage, mutation):
+    config = new_experiment(storage)
+    rng = random.Random(9)
+    storage.register_trial(make_trial(config["_id"], rng, "completed"))
+    storage.register_trial(make_trial(config["_id"], rng, "new"))
+    originals = [orions_hashes(trial) for trial in storage.fetch_trials(uid=config["_id"])]
+    assert [hashes(trial) for trial in storage.fetch_trials(uid=config["_id"])] == originals
+    # The cached hashes are warm now: a changed trial must not answer with them.
+    for trial in storage.fetch_trials(uid=config["_id"]):
+        mutation(trial)
+        assert hashes(trial) == orions_hashes(trial)
+    # ... and nothing of the change reaches a later read, its hashes included.
+    assert [hashes(trial) for trial in storage.fetch_trials(uid=config["_id"])] == originals
+
+
+def test_hashes_follow_a_change_made_between_two_hashings_of_one_trial(storage):
+    config = new_experiment(storage)
+    storage.register_trial(make_trial(config["_id"], random.Random(10), "completed"))
+    (trial,) = storage.fetch_trials(uid=config["_id"])
+    before = trial.compute_trial_hash(trial, ignore_lie=True)
+    trial._params[0].value = -1.0
+    assert trial.compute_trial_hash(trial, ignore_lie=True) != before
+    assert trial.compute_trial_hash(trial, ignore_lie=True) == Trial(**trial.to_dict()).compute_trial_hash(
+        Trial(**trial.to_dict()), ignore_lie=True)
+
+
+Y = {"name": "y", "type": "real", "value": 0.5}
+
+
+@pytest.mark.parametrize(("adapter", "direction", "with_y"), [
+    (DimensionAddition(Y), "forward", False),  # deep copy, then _params.append (adapters.py:318)
+    (DimensionAddition(Y), "backward", True),  # deep copy, then del _params[i] (adapters.py:337)
+    (DimensionDeletion(Y), "forward", True),
+    (DimensionDeletion(Y), "backward", False),
+    (DimensionRenaming("x", "z"), "forward", False),  # deep copy, then param.name = ...
+    (DimensionPriorChange("x", "uniform(0, 1)", "uniform(0, 0.5)"), "forward", False),  # filters in place
+], ids=lambda value: type(value).__name__ if not isinstance(value, (str, bool)) else str(value))
+def test_orions_evc_adapters_adapt_returned_trials_as_plain_ones_and_change_no_later_read(
+    storage, adapter, direction, with_y
+):
+    config = new_experiment(storage)
+    rng = random.Random(11)
+    for index in range(6):
+        trial = make_trial(config["_id"], rng, "completed")
+        if with_y:  # some at the default value, some not
+            trial._params.append(Trial.Param(name="y", type="real", value=0.5 if index % 2 else 0.25))
+        storage.register_trial(trial)
+    expected = as_dicts(storage.fetch_trials(uid=config["_id"]))
+    before = [hashes(trial) for trial in storage.fetch_trials(uid=config["_id"])]
+    plain = getattr(adapter, direction)([Trial(**document) for document in copy.deepcopy(expected)])
+    adapted = getattr(adapter, direction)(storage.fetch_trials(uid=config["_id"]))
+    assert plain and as_dicts(adapted) == as_dicts(plain)
+    assert [hashes(trial) for trial in adapted] == [hashes(trial) for trial in plain]
+    assert as_dicts(storage.fetch_trials(uid=config["_id"])) == expected
+    assert [hashes(trial) for trial in storage.fetch_trials(uid=config["_id"])] == before
+
+
+def test_an_evc_tree_reads_the_same_through_the_cache_as_without(database_url):
+    """Oríon's EVC code adapts each experiment's trials with the adapters above
+    (a child that added a dimension: parent trials forward, child trials backward)."""
+    cached, uncached = {"type": "sql", "uri": database_url}, {"type": "sql", "uri": database_url, "cache_trials": 0}
+    objective = [{"name": "loss", "type": "objective", "value": 1.0}]
+    parent = orion_create_experiment("evc", space={"x": "uniform(0, 1)"}, storage=cached)
+    for x in (0.1, 0.2, 0.3):
+        parent.insert({"x": x}, objective)
+    child = orion_create_experiment("evc", space={"x": "uniform(0, 1)", "y": "uniform(0, 1, default_value=0.5)"},
+                                    branching={"enable": True}, storage=cached)
+    assert child.version == 2
+    for x, y in ((0.1, 0.5), (0.4, 0.5), (0.5, 0.75)):
+        child.insert({"x": x, "y": y}, objective)
+    for version in (1, 2):
+        reads = {}
+        for name, storage in (("cached", cached), ("uncached", uncached)):
+            client = get_experiment("evc", version=version, storage=storage)
+            for _ in range(3):  # the cache warm, its hashes computed
+                trials = client.fetch_trials(with_evc_tree=True)
+                reads.setdefault(name, []).append((as_dicts(trials), [hashes(trial) for trial in trials]))
+        assert reads["cached"] == reads["uncached"]
+        assert len(reads["cached"][0][0]) == {1: 4, 2: 5}[version]  # duplicates of own trials dropped
 
 
 # --- 3. what must be noticed -----------------------------------------------------------
