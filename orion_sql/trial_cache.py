@@ -228,15 +228,17 @@ TRIAL_SLOTS = (
     "start_time", "end_time", "_results", "_params", "parent", "id_override",
 )
 _MUTABLE = (list, dict)
-# Trial's own slots for params and results, which SharedTrial reaches past its properties.
-_PARAMS_SLOT, _RESULTS_SLOT = Trial.__dict__["_params"], Trial.__dict__["_results"]
+# Trial's own slots, which SharedTrial reaches past its properties.
+_PARAMS_SLOT, _RESULTS_SLOT, _PARENT_SLOT = (Trial.__dict__[name] for name in ("_params", "_results", "parent"))
 _get_params, _set_params = _PARAMS_SLOT.__get__, _PARAMS_SLOT.__set__
 _get_results, _set_results = _RESULTS_SLOT.__get__, _RESULTS_SLOT.__set__
+_set_parent = _PARENT_SLOT.__set__
 
 
 class _Stored(Trial):
     """A trial as the cache keeps it: never handed out, never changed once built (a
-    changed trial is built anew), and the hashes Oríon asked of it, each computed once."""
+    changed trial is built anew); ``hashes``: the hashes Oríon asked of it, by
+    (ignore_fidelity, ignore_lie, ignore_parent), each computed once."""
 
     __slots__ = ("hashes",)
 
@@ -244,6 +246,7 @@ class _Stored(Trial):
 def _own_params(trial: SharedTrial) -> list:
     params = _get_params(trial)
     if params is None:  # still the stored trial's: copied at the first touch
+        trial.__dict__.pop("_hashes", None)
         params = [_value(_Param, value.name, value._type, value.value) for value in trial._source._params]
         _set_params(trial, params)
     return params
@@ -252,9 +255,18 @@ def _own_params(trial: SharedTrial) -> list:
 def _own_results(trial: SharedTrial) -> list:
     results = _get_results(trial)
     if results is None:
+        trial.__dict__.pop("_hashes", None)
         results = [_value(_Result, value.name, value._type, value.value) for value in trial._source._results]
         _set_results(trial, results)
     return results
+
+
+def _setter(set_slot):
+    def set_own(trial: SharedTrial, value) -> None:
+        trial.__dict__.pop("_hashes", None)
+        set_slot(trial, value)
+
+    return set_own
 
 
 class SharedTrial(Trial):
@@ -268,11 +280,11 @@ class SharedTrial(Trial):
     nothing done to it reaches the cache, and a read that only looks at statuses
     (Oríon's ``is_done``) copies nothing.
 
-    While its params (and, for hashes that count the lie, its results) and its
-    parent are still the stored trial's, its hashes are the stored trial's,
-    computed once per stored trial instead of at every read: Oríon's EVC code hashes
-    every trial of the experiment twice per ``is_done``. Once any of those is its
-    own, it is hashed as any Trial is, so changing it changes its hash.
+    Until its params, results or parent are touched, its hashes are the stored
+    trial's (``_hashes``), each computed once per stored trial instead of at every
+    read: Oríon's EVC code hashes every trial of the experiment twice per
+    ``is_done``. The first touch drops ``_hashes``: from then on it is hashed as any
+    Trial is, so changing it changes its hash.
 
     ``copy.copy``, ``copy.deepcopy`` and ``pickle`` give a plain :class:`Trial` with
     its own values: Oríon's EVC adapters deep-copy trials before changing them, and
@@ -280,11 +292,13 @@ class SharedTrial(Trial):
     """
 
     # No __slots__ of its own: Trial.to_dict lists ``self.__slots__``, which must stay
-    # Trial's. The stored trial is ``_source``, in the instance's dict.
+    # Trial's. ``_source`` (the stored trial) and ``_hashes`` live in the instance's dict.
     _source: _Stored
+    _hashes: dict
 
-    _params = property(_own_params, _set_params)
-    _results = property(_own_results, _set_results)
+    _params = property(_own_params, _setter(_set_params))
+    _results = property(_own_results, _setter(_set_results))
+    parent = property(_PARENT_SLOT.__get__, _setter(_set_parent))
 
     @staticmethod
     def compute_trial_hash(
@@ -294,27 +308,20 @@ class SharedTrial(Trial):
         ignore_lie: bool = False,
         ignore_parent: bool = False,
     ) -> str:
-        """Oríon's trial hash; the stored trial's, computed once, while what it
-        covers is still the stored trial's."""
-        if (
-            type(trial) is not SharedTrial
-            or ignore_experiment is not None
-            or _get_params(trial) is not None
-            or (not ignore_lie and _get_results(trial) is not None)
-            or trial.parent is not trial._source.parent
-        ):
-            return Trial.compute_trial_hash(trial, ignore_fidelity, ignore_experiment, ignore_lie, ignore_parent)
-        source = trial._source
-        hashes = source.hashes
-        if hashes is None:
-            hashes = source.hashes = {}
-        key = (ignore_fidelity, ignore_lie, ignore_parent)
-        found = hashes.get(key)
-        if found is None:
-            found = hashes[key] = Trial.compute_trial_hash(
-                source, ignore_fidelity=ignore_fidelity, ignore_lie=ignore_lie, ignore_parent=ignore_parent
-            )
-        return found
+        """Oríon's trial hash: the stored trial's while the trial is untouched."""
+        if ignore_experiment is None:  # (else: deprecated, and it counts the experiment)
+            try:
+                return trial._hashes[ignore_fidelity, ignore_lie, ignore_parent]
+            except KeyError:  # the first time this hash of the stored trial is asked for
+                found = Trial.compute_trial_hash(
+                    trial._source,
+                    ignore_fidelity=ignore_fidelity, ignore_lie=ignore_lie, ignore_parent=ignore_parent,
+                )
+                trial._hashes[ignore_fidelity, ignore_lie, ignore_parent] = found
+                return found
+            except AttributeError:  # touched, or not a SharedTrial: hashed as any trial
+                pass
+        return Trial.compute_trial_hash(trial, ignore_fidelity, ignore_experiment, ignore_lie, ignore_parent)
 
     def __reduce_ex__(self, protocol):
         # Reduced as a plain Trial with its own values, rebuilt by the standard library alone.
@@ -333,11 +340,12 @@ def shared_view(source: _Stored) -> SharedTrial:
     made.submit_time = source.submit_time
     made.start_time = source.start_time
     made.end_time = source.end_time
-    made.parent = source.parent
     made.id_override = source.id_override
+    _set_parent(made, source.parent)
     _set_params(made, None)
     _set_results(made, None)
     made._source = source
+    made._hashes = source.hashes
     return made
 
 
@@ -398,7 +406,7 @@ def build_trials(rows, values) -> list[_Stored]:
         trial.end_time = ended
         trial.parent = parent
         trial.id_override = trial_id
-        trial.hashes = None
+        trial.hashes = {}
         for key, text in (texts or {}).items():  # times written as ISO-8601 text
             setattr(trial, key, mapping.time_as_written(getattr(trial, key), text, key))
         trial._params = []
