@@ -228,11 +228,12 @@ TRIAL_SLOTS = (
     "start_time", "end_time", "_results", "_params", "parent", "id_override",
 )
 _MUTABLE = (list, dict)
-# Trial's own slots, which SharedTrial reaches past its properties.
+# Trial's own slots, which SharedTrial reaches past its properties. A SharedTrial leaves
+# them unset while its params, results and parent are still the stored trial's.
 _PARAMS_SLOT, _RESULTS_SLOT, _PARENT_SLOT = (Trial.__dict__[name] for name in ("_params", "_results", "parent"))
 _get_params, _set_params = _PARAMS_SLOT.__get__, _PARAMS_SLOT.__set__
 _get_results, _set_results = _RESULTS_SLOT.__get__, _RESULTS_SLOT.__set__
-_set_parent = _PARENT_SLOT.__set__
+_get_parent, _set_parent = _PARENT_SLOT.__get__, _PARENT_SLOT.__set__
 
 
 class _Stored(Trial):
@@ -244,21 +245,30 @@ class _Stored(Trial):
 
 
 def _own_params(trial: SharedTrial) -> list:
-    params = _get_params(trial)
-    if params is None:  # still the stored trial's: copied at the first touch
+    try:
+        return _get_params(trial)
+    except AttributeError:  # still the stored trial's: copied at the first touch
         trial.__dict__.pop("_hashes", None)
         params = [_value(_Param, value.name, value._type, value.value) for value in trial._source._params]
         _set_params(trial, params)
-    return params
+        return params
 
 
 def _own_results(trial: SharedTrial) -> list:
-    results = _get_results(trial)
-    if results is None:
+    try:
+        return _get_results(trial)
+    except AttributeError:
         trial.__dict__.pop("_hashes", None)
         results = [_value(_Result, value.name, value._type, value.value) for value in trial._source._results]
         _set_results(trial, results)
-    return results
+        return results
+
+
+def _parent(trial: SharedTrial):
+    try:
+        return _get_parent(trial)
+    except AttributeError:
+        return trial._source.parent
 
 
 def _setter(set_slot):
@@ -273,8 +283,8 @@ class SharedTrial(Trial):
     """A trial as a cached read returns it: the caller's own, made in about a
     microsecond whatever it holds.
 
-    Its fields (status, times, worker, ...) are its own. Its params and results are
-    the stored trial's until first touched: reading or setting ``_params``,
+    Its fields (status, times, worker, ...) are its own. Its params, results and
+    parent are the stored trial's until first touched (its own slots left unset till then): reading or setting ``_params``,
     ``params``, ``_results``, ``results`` (or anything built on them, ``to_dict``
     included) first gives the trial its own copies, list values copied too. So
     nothing done to it reaches the cache, and a read that only looks at statuses
@@ -298,7 +308,7 @@ class SharedTrial(Trial):
 
     _params = property(_own_params, _setter(_set_params))
     _results = property(_own_results, _setter(_set_results))
-    parent = property(_PARENT_SLOT.__get__, _setter(_set_parent))
+    parent = property(_parent, _setter(_set_parent))
 
     @staticmethod
     def compute_trial_hash(
@@ -341,9 +351,6 @@ def shared_view(source: _Stored) -> SharedTrial:
     made.start_time = source.start_time
     made.end_time = source.end_time
     made.id_override = source.id_override
-    _set_parent(made, source.parent)
-    _set_params(made, None)
-    _set_results(made, None)
     made._source = source
     made._hashes = source.hashes
     return made
@@ -359,11 +366,17 @@ def _value(kind, name, type_, value):
 
 def _values_of(trial: Trial) -> tuple[list, list]:
     """The trial's params and results, without copying a SharedTrial's."""
-    if type(trial) is SharedTrial:
-        params, results = _get_params(trial), _get_results(trial)
-        source = trial._source
-        return (source._params if params is None else params), (source._results if results is None else results)
-    return trial._params, trial._results
+    if type(trial) is not SharedTrial:
+        return trial._params, trial._results
+    try:
+        params = _get_params(trial)
+    except AttributeError:
+        params = trial._source._params
+    try:
+        results = _get_results(trial)
+    except AttributeError:
+        results = trial._source._results
+    return params, results
 
 
 def isolated_copy(trial: Trial) -> Trial:
