@@ -17,8 +17,8 @@ import queue
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 from sqlalchemy.engine import make_url

@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 import types
-from typing import Callable
+from collections.abc import Callable
 
 import common
 from orion.client import create_experiment
@@ -198,7 +198,7 @@ def plot(out: str, figures: dict, note: str) -> str:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(1, len(MEASURES), figsize=(4 * len(MEASURES), 4), sharex=True)
-    for axis, name in zip(axes, MEASURES):
+    for axis, name in zip(axes, MEASURES, strict=True):
         for backend in BACKENDS:
             points = figures[backend]
             counts = sorted(points)

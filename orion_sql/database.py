@@ -20,8 +20,8 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Callable, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from orion.core.io.database import DatabaseError, DuplicateKeyError
 from sqlalchemy import Connection, Engine, create_engine, event

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import datetime
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from orion.core.utils.flatten import flatten
 from sqlalchemy import BigInteger, and_, case, false, func, literal, not_, or_, true

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime
 import pickle
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.sql.elements import ColumnElement

@@ -10,8 +10,8 @@ import enum
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from alembic import command
 from alembic.config import Config

@@ -8,7 +8,8 @@ statements: one round trip each.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from orion.core.worker.trial import Trial
 from sqlalchemy import Connection, Text, bindparam, cast, delete, func, insert, literal, select, union_all, update
@@ -25,9 +26,9 @@ PUSHED_FIELDS = ("status", "worker", "exp_working_dir", "submit_time", "start_ti
 
 # Aliases are evaluated at import, where X | None needs Python 3.10: hence Optional.
 # Reservation: (connection, experiment id, worker name) -> the reserved trial's document, if any.
-Reserve = Callable[[Connection, int, str], Optional[dict]]
+Reserve = Callable[[Connection, int, str], dict | None]
 # Completion: (connection, the completed trial) -> the trial's row id, None if it was not reserved.
-Complete = Callable[[Connection, Trial], Optional[int]]
+Complete = Callable[[Connection, Trial], int | None]
 
 
 def values_of_trials(trial_ids, json_text: bool = False) -> CompoundSelect:

@@ -7,8 +7,9 @@ back as legacy documents. Both report a :class:`Summary` and move a progress bar
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import Connection
 from tqdm import tqdm

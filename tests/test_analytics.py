@@ -16,9 +16,9 @@ import os
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from alembic import command
@@ -244,7 +244,7 @@ def check_top_trials(rows, orion, experiment, version):
     assert len(completed) > 10, "the run must give LIMIT 10 something to cut"
     best = completed[:10]
     assert [r["trial_hash"] for r in rows] == [trial.id for trial in best]
-    for row, trial in zip(rows, best):
+    for row, trial in zip(rows, best, strict=True):
         assert row["objective"] == trial.objective.value
         assert row["lr"] == trial.params["lr"]
         assert row["layers"] == trial.params["layers"]
@@ -273,7 +273,7 @@ def check_best_per_experiment(rows, orion):
 def check_objective_over_time(rows, orion, experiment, version):
     completed = sorted(orion.trials(experiment, version, "completed"), key=lambda t: (t.end_time, t.id_override))
     best_so_far = itertools.accumulate((trial.objective.value for trial in completed), min)
-    expected = [(t.id, t.end_time, t.objective.value, best) for t, best in zip(completed, best_so_far)]
+    expected = [(t.id, t.end_time, t.objective.value, best) for t, best in zip(completed, best_so_far, strict=True)]
     got = [(r["trial_hash"], _time(r["end_time"]), r["objective"], r["best_so_far"]) for r in rows]
     assert got == expected
     assert expected[-1][3] < expected[0][3], "the best so far improves during the run"
@@ -327,7 +327,7 @@ def check_parameter_correlation(rows, orion, experiment, version):
         for param in _params(trial):
             if isinstance(param["value"], (int, float)):
                 pairs[param["name"]].append((param["value"], trial.objective.value))
-    expected = {name: (len(xy), approx(statistics.correlation(*zip(*xy)))) for name, xy in pairs.items()}
+    expected = {name: (len(xy), approx(statistics.correlation(*zip(*xy, strict=True)))) for name, xy in pairs.items()}
     assert {r["parameter_name"]: (r["trials"], r["correlation"]) for r in rows} == expected
     assert set(expected) == {"lr", "layers"}
 

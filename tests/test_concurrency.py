@@ -27,8 +27,9 @@ import queue
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any, Callable
+from typing import Any
 
 import orion.core
 import pytest

@@ -199,7 +199,7 @@ def test_mutating_returned_trials_never_changes_later_reads(storage):
         trial.results += [Trial.Result(name="more", type="statistic", value=2)]  # in place, as Oríon's observe does
     assert as_dicts(storage.fetch_trials(uid=config["_id"])) == expected
     second, third = storage.fetch_trials(uid=config["_id"]), storage.fetch_trials(uid=config["_id"])
-    assert all(a is not b and a._params is not b._params for a, b in zip(second, third))
+    assert all(a is not b and a._params is not b._params for a, b in zip(second, third, strict=True))
 
 
 def test_an_isolated_copy_is_equal_and_fills_every_slot_of_orions_trial():

@@ -23,7 +23,7 @@ def parse_status_blocks(output: str) -> dict[str, dict]:
     blocks: dict[str, dict[str, Any]] = {}
     title = None
     lines = output.splitlines()
-    for line, underline in zip(lines, lines[1:] + [""]):
+    for line, underline in zip(lines, lines[1:] + [""], strict=True):
         stripped = line.strip()
         if stripped and underline.strip() == "=" * len(stripped):
             title = stripped

@@ -80,7 +80,7 @@ def test_hunt_from_config_file_with_two_workers_then_list_info_plot_insert(orion
     # PNG needs kaleido's Chrome, which this machine lacks: Oríon's JSON output instead.
     regret = {trace["name"]: trace for trace in json.loads(plot.read_text())["data"]}
     plotted_ids = [point[0] for point in regret["trials"]["customdata"]]
-    plotted = dict(zip(plotted_ids, plotted_values(regret["trials"]["y"])))
+    plotted = dict(zip(plotted_ids, plotted_values(regret["trials"]["y"]), strict=True))
     assert plotted == {trial.id: trial.objective.value for trial in trials}
     assert list(plotted_values(regret["best-to-date"]["y"]))[-1] == best.objective.value
 

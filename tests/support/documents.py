@@ -72,7 +72,7 @@ def assert_identical(actual, expected, path="value"):
             assert_identical(actual[key], expected[key], f"{path}.{key}")
     elif isinstance(expected, (list, tuple)):
         assert len(actual) == len(expected), f"{path}: {actual!r} != {expected!r}"
-        for index, (left, right) in enumerate(zip(actual, expected)):
+        for index, (left, right) in enumerate(zip(actual, expected, strict=True)):
             assert_identical(left, right, f"{path}[{index}]")
     elif isinstance(expected, float) and math.isnan(expected):
         assert math.isnan(actual), f"{path}: {actual!r} is not NaN"

@@ -2,7 +2,8 @@
 need what Oríon itself writes (analytics, import/export, frozen databases)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from orion.client import build_experiment
