@@ -202,6 +202,22 @@ def test_mutating_returned_trials_never_changes_later_reads(storage):
     assert all(a is not b and a._params is not b._params for a, b in zip(second, third, strict=True))
 
 
+def test_every_field_set_on_a_returned_trial_is_its_own(storage):
+    """Fields a returned trial reads from the cached one until set (see SharedTrial)."""
+    config = new_experiment(storage)
+    storage.register_trial(make_trial(config["_id"], random.Random(12), "completed"))
+    expected = as_dicts(storage.fetch_trials(uid=config["_id"]))
+    (trial,) = storage.fetch_trials(uid=config["_id"])
+    values = {"experiment": 999, "worker": "w", "exp_working_dir": "/elsewhere", "heartbeat": T0,
+              "submit_time": T0, "start_time": T0, "end_time": T0, "id_override": -1, "parent": "p",
+              "status": "broken"}
+    for name, value in values.items():
+        setattr(trial, name, value)
+    assert {name: getattr(trial, name) for name in values} == values
+    assert isolated_copy(trial).to_dict() == trial.to_dict()
+    assert as_dicts(storage.fetch_trials(uid=config["_id"])) == expected
+
+
 def test_an_isolated_copy_is_equal_and_fills_every_slot_of_orions_trial():
     assert tuple(Trial.__slots__) == TRIAL_SLOTS, "Oríon's Trial changed: update trial_cache"
     trial = make_trial(1, random.Random(1), "completed")
