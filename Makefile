@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   an Oríon experiment stored in the embedded SQLite default, then what it stored
-#   make test   everything set up, lint and types, the whole test suite, PostgreSQL included (what CI runs)
+#   make test   everything set up, lint and types, the whole test suite, PostgreSQL and MariaDB included (what CI runs)
 # and the developer's loop:
 #   make test-fast   every test but the slow ones (real Oríon runs, processes, large tables)
 #   make lint        ruff (style, import order) and mypy (types), configured in pyproject.toml
@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # pip 26.3 refuses Oríon 0.2.7's sdist (it declares a git URL for its `track` extra).
 PIP_PIN := pip>=23,<26.3
 
-.PHONY: demo test test-fast lint postgresql pgbouncer benchmarks clean
+.PHONY: demo test test-fast lint postgresql pgbouncer mariadb benchmarks clean
 
 $(BIN)/activate: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,17 +27,20 @@ postgresql:
 pgbouncer:
 	.ci/ensure-pgbouncer
 
+mariadb:
+	.ci/ensure-mariadb
+
 lint: $(BIN)/activate
 	$(BIN)/ruff check orion_sql migrations tests benchmarks examples
 	$(BIN)/mypy
 
-test: lint postgresql pgbouncer
-	ORION_SQL_REQUIRE_POSTGRESQL=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+test: lint postgresql pgbouncer mariadb
+	ORION_SQL_REQUIRE_POSTGRESQL=1 ORION_SQL_REQUIRE_MARIADB=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(BIN)/activate postgresql pgbouncer
+test-fast: $(BIN)/activate postgresql pgbouncer mariadb
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-benchmarks: $(BIN)/activate postgresql pgbouncer
+benchmarks: $(BIN)/activate postgresql pgbouncer mariadb
 	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/reserve_throughput.py
 	$(BIN)/python benchmarks/workon_throughput.py

@@ -22,7 +22,14 @@ EXAMPLE_URL = "postgresql+psycopg://user:password@db.example.org:5432/orion"
 DEFAULT_SQLITE_PATH = os.path.join(orion.core.DIRS.user_data_dir, "orion", "orion_db.sqlite")
 
 # Drivers we ship and test, by the URL's backend name.
-_DRIVERS = {"sqlite": "sqlite+pysqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+# MariaDB and MySQL: PyMySQL, pure Python (nothing to compile on a fresh machine).
+_DRIVERS = {
+    "sqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mariadb": "mariadb+pymysql",
+    "mysql": "mysql+pymysql",
+}
 # Oríon's legacy `database` keys that name nothing for SQL, with the values Oríon fills in.
 _LEGACY_DATABASE_DEFAULTS = {"type": {"pickleddb", "sql"}, "name": {"orion"}, "port": {"27017"}}
 
@@ -135,7 +142,7 @@ def _parse(text: str, source: str) -> URL:
     if backend not in _DRIVERS:
         raise ConfigurationError(
             f"{source}: {redact(url)!r} is not a database the sql storage supports "
-            f"(supported: SQLite and PostgreSQL); expected for example {EXAMPLE_URL!r} "
+            f"(supported: SQLite, PostgreSQL, MariaDB and MySQL); expected for example {EXAMPLE_URL!r} "
             f"or a path to a SQLite file"
         )
     url = url.set(drivername=_DRIVERS[backend])

@@ -6,6 +6,7 @@ it for queries, and ``alembic check`` proves the two agree.
 from __future__ import annotations
 
 import datetime
+import math
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -26,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
@@ -51,12 +53,43 @@ class _JsonText(TypeDecorator):
         return None if value is None else exact_json.loads(value)
 
 
+# MariaDB (and MySQL: SQLAlchemy names the dialect after the URL) gets types of its own:
+# text compared and ordered by code point with trailing spaces significant, indexed text
+# within InnoDB's 3072-byte keys (4 bytes a utf8mb4 character), times to the microsecond,
+# values and states beyond TEXT's and BLOB's 64 KiB.
+MARIADB = ("mariadb", "mysql")
+MARIADB_COLLATION = "utf8mb4_nopad_bin"
+MAX_INDEXED_TEXT = 760
+AnyText = Text().with_variant(mysql.LONGTEXT(collation=MARIADB_COLLATION), *MARIADB)
+# Indexed text: names of experiments and benchmarks, users.
+Name = Text().with_variant(mysql.VARCHAR(MAX_INDEXED_TEXT, collation=MARIADB_COLLATION), *MARIADB)
+Bytes = LargeBinary().with_variant(mysql.LONGBLOB(), *MARIADB)
+
+
+def short_text(length: int):
+    """VARCHAR(`length`), compared by code point on MariaDB too."""
+    return String(length).with_variant(mysql.VARCHAR(length, collation=MARIADB_COLLATION), *MARIADB)
+
+
+class _Double(TypeDecorator):
+    """A double; MariaDB's cannot hold NaN or infinities, which it stores as NULL (the
+    exact value stays in the JSON `value` column beside it)."""
+
+    impl = Float(53)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and dialect.name in MARIADB and not math.isfinite(value):
+            return None
+        return value
+
+
 # Documents are queried by key, so PostgreSQL keeps them as JSONB; value columns keep
 # the exact text exact_json wrote: JSON (text, validated) on PostgreSQL, TEXT on SQLite.
 Document = JSON().with_variant(JSONB(), "postgresql")
 ExactJson = JSON().with_variant(_JsonText(), "sqlite")
 # Naive UTC, microseconds, on every database.
-UtcDateTime = DateTime(timezone=False)
+UtcDateTime = DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), *MARIADB)
 
 
 def _sql_list(values: tuple[str, ...]) -> str:
@@ -69,9 +102,9 @@ class Base(DeclarativeBase):
 
     type_annotation_map = {
         int: Integer,
-        str: Text,
-        float: Float(53),
-        bytes: LargeBinary,
+        str: AnyText,
+        float: _Double(),
+        bytes: Bytes,
         datetime.datetime: UtcDateTime,
         dict[str, Any]: Document,
     }
@@ -100,13 +133,13 @@ class ExperimentRow(Base):
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column()
+    name: Mapped[str] = mapped_column(Name)
     version: Mapped[int] = mapped_column()
     # refers.parent_id and refers.root_id. Not foreign keys: Oríon deletes an EVC
     # tree from its root down (`orion db rm`), which a constraint would forbid.
     parent_id: Mapped[int | None] = mapped_column()
     root_id: Mapped[int | None] = mapped_column()
-    username: Mapped[str | None] = mapped_column()  # metadata.user
+    username: Mapped[str | None] = mapped_column(Name)  # metadata.user
     created_at: Mapped[datetime.datetime | None] = mapped_column()  # metadata.datetime
     document: Mapped[dict[str, Any]] = mapped_column()
     # Change tracking for the trial cache (revision 0003; triggers keep them): random
@@ -133,11 +166,11 @@ class TrialRow(Base):
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("experiments.id", ondelete="CASCADE")
     )
-    hash: Mapped[str] = mapped_column(String(32))  # Oríon's trial `id`
-    status: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(short_text(32))  # Oríon's trial `id`
+    status: Mapped[str] = mapped_column(short_text(16))
     worker: Mapped[str | None] = mapped_column()
     exp_working_dir: Mapped[str | None] = mapped_column()
-    parent_hash: Mapped[str | None] = mapped_column(String(32))  # Oríon's `parent`
+    parent_hash: Mapped[str | None] = mapped_column(short_text(32))  # Oríon's `parent`
     submit_time: Mapped[datetime.datetime | None] = mapped_column()
     start_time: Mapped[datetime.datetime | None] = mapped_column()
     end_time: Mapped[datetime.datetime | None] = mapped_column()
@@ -157,7 +190,7 @@ class _TrialValue:
     )
     position: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column()
-    type: Mapped[str | None] = mapped_column(String(16))
+    type: Mapped[str | None] = mapped_column(short_text(16))
     value: Mapped[Any] = mapped_column(ExactJson)  # exact round trip, through exact_json
     numeric_value: Mapped[float | None] = mapped_column()
     text_value: Mapped[str | None] = mapped_column()
@@ -223,7 +256,7 @@ class BenchmarkRow(Base):
     __tablename__ = "benchmarks"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(unique=True)
+    name: Mapped[str] = mapped_column(Name, unique=True)
     document: Mapped[dict[str, Any]] = mapped_column()
 
 

@@ -84,7 +84,7 @@ def set_trial_fields(clause: ColumnElement[bool], fields: Mapping[str, Any]) -> 
     changes = columns or {"status": TrialRow.status}
 
     def set_fields(conn: Connection) -> int:
-        ids = conn.execute(update(trials).where(clause).values(**changes).returning(TrialRow.id)).scalars().all()
+        ids = updated_trial_ids(conn, clause, changes)
         if expected_id is not None and any(trial_id != expected_id for trial_id in ids):
             raise ValueError(f"a trial's _id cannot be changed (to {expected_id!r})")
         if ids:
@@ -94,6 +94,17 @@ def set_trial_fields(clause: ColumnElement[bool], fields: Mapping[str, Any]) -> 
         return len(ids)
 
     return set_fields
+
+
+def updated_trial_ids(conn: Connection, clause: ColumnElement[bool], changes: Mapping[str, Any]) -> list[int]:
+    """Update the trials matching `clause`; their ids. Where UPDATE returns nothing
+    (MariaDB), the rows are locked and read first, then updated by id."""
+    if conn.dialect.update_returning:
+        return list(conn.execute(update(trials).where(clause).values(**changes).returning(TrialRow.id)).scalars())
+    ids = list(conn.execute(select(TrialRow.id).where(clause).with_for_update()).scalars())
+    if ids:
+        conn.execute(update(trials).where(TrialRow.id.in_(ids)).values(**changes))
+    return ids
 
 
 def _merge_written_times(conn: Connection, trial_ids: list[int], written: Mapping[str, str | None]) -> None:

@@ -77,16 +77,28 @@ def completion(dialect: Dialect) -> Complete:
             fencing.held(),
         )
         .values({column: bindparam(f"new_{column}") for column in columns})
-        .returning(TrialRow.id)
     )
     if dialect.writes_in_with:
-        return _completion_in_one_statement(set_trial, dialect)
+        return _completion_in_one_statement(set_trial.returning(TrialRow.id), dialect)
     clear_results = delete(ResultRow).where(ResultRow.trial_id == bindparam("trial"))
     add_results = insert(results)
+    if dialect.update_returning:
+        returning_id = set_trial.returning(TrialRow.id)
+
+        def updated_id(conn: Connection, binds: dict) -> int | None:
+            return conn.execute(returning_id, binds).scalar()
+
+    else:
+        # MariaDB: the UPDATE hands the row's id back as LAST_INSERT_ID(id), in its reply.
+        reporting_id = set_trial.values(id=func.last_insert_id(TrialRow.id))
+
+        def updated_id(conn: Connection, binds: dict) -> int | None:
+            result = conn.execute(reporting_id, binds)
+            return result.lastrowid if result.rowcount else None
 
     def update_then_replace(conn: Connection, trial: Trial) -> int | None:
         binds, new_results = _completion_binds(trial)
-        trial_id = conn.execute(set_trial, binds).scalar()
+        trial_id = updated_id(conn, binds)
         if trial_id is not None:
             conn.execute(clear_results, {"trial": trial_id})
             rows = mapping.value_rows(trial_id, new_results)
@@ -150,6 +162,8 @@ def reservation(dialect: Dialect) -> Reserve:
             .scalar_subquery()
         )
 
+    if not dialect.update_returning:
+        return _reservation_in_three_statements(dialect)
     candidates = union_all(*(select(first_unlocked(status).label("id")) for status in PENDING_STATUSES)).subquery()
     now = dialect.now()
     reserve = (
@@ -169,6 +183,54 @@ def reservation(dialect: Dialect) -> Reserve:
         return trial_documents_of([row], conn.execute(values, {"trial": row.id}).mappings())[0]
 
     return reserve_then_read
+
+
+def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
+    """Reservation where UPDATE returns nothing (MariaDB), in one transaction: the oldest
+    pending trial's row, locked (the first unlocked row of each pending status, read
+    from the (experiment_id, status, id) index, the oldest of those kept) with the
+    server's clock; the UPDATE of that row; its values."""
+
+    def first_unlocked(status: str):
+        return (
+            select(trials, dialect.now().label("reserved_at"))
+            .where(TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == status)
+            .order_by(TrialRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+
+    pick = union_all(*(first_unlocked(status) for status in PENDING_STATUSES)).order_by("id").limit(1)
+    reserve = (
+        update(trials)
+        .where(TrialRow.id == bindparam("trial"))
+        .values(
+            status="reserved",
+            start_time=bindparam("now"),
+            heartbeat=bindparam("now"),
+            worker=bindparam("reserving_worker"),
+        )
+    )
+    values = values_of_trials([bindparam("trial")])
+
+    def pick_reserve_read(conn: Connection, experiment_id: int, worker: str) -> dict | None:
+        row = conn.execute(pick, {"experiment": experiment_id}).first()
+        if row is None:
+            return None
+        now = row.reserved_at
+        conn.execute(reserve, {"trial": row.id, "now": now, "reserving_worker": worker})
+        reserved = {**row._mapping, "status": "reserved", "start_time": now, "heartbeat": now, "worker": worker}
+        return trial_documents_of([_Row(reserved)], conn.execute(values, {"trial": row.id}).mappings())[0]
+
+    return pick_reserve_read
+
+
+class _Row:
+    """A row's mapping as :func:`trial_documents_of` reads rows (``row.id``, ``row._mapping``)."""
+
+    def __init__(self, mapping: dict):
+        self._mapping = mapping
+        self.id = mapping["id"]
 
 
 def _reservation_in_one_statement(reserve: Update) -> Reserve:
@@ -193,16 +255,35 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
     return reserve_and_read
 
 
-def status_change(dialect: Dialect, trial_clause, was: str, status: str, heartbeat=None) -> Update:
+# A status change: (connection, binds) -> the trial's new start time in a row, None if
+# the trial was not in the expected status.
+StatusChange = Callable[[Connection, dict], Optional[Any]]
+
+
+def status_change(dialect: Dialect, trial_clause, was: str, status: str, heartbeat=None) -> StatusChange:
     """set_trial_status' UPDATE of the trial `trial_clause` selects, from `was` to
     `status` (fenced when `was` is reserved; a new reservation gets a new token and
-    this process as its worker), returning the start time."""
+    this process as its worker), returning the start time (a row with ``start_time``)."""
     now = dialect.now()
     current = fencing.held() if was == "reserved" else TrialRow.status == was
     values: dict[str, Any] = {"status": status, "heartbeat": heartbeat or now}
     if status == "reserved":
         values.update(start_time=now, worker=process_name())
-    return update(trials).where(trial_clause, current).values(**values).returning(TrialRow.start_time)
+    change = update(trials).where(trial_clause, current).values(**values)
+    if dialect.update_returning:
+        returning = change.returning(TrialRow.start_time)
+        return lambda conn, binds: conn.execute(returning, binds).first()
+    # MariaDB: the row's id comes back as LAST_INSERT_ID(id), then its start time.
+    change = change.values(id=func.last_insert_id(TrialRow.id))
+    start_time = select(TrialRow.start_time).where(TrialRow.id == bindparam("trial"))
+
+    def change_then_read(conn: Connection, binds: dict):
+        result = conn.execute(change, binds)
+        if not result.rowcount:
+            return None
+        return conn.execute(start_time, {"trial": result.lastrowid}).first()
+
+    return change_then_read
 
 
 def heartbeat(dialect: Dialect, trial_clause) -> Update:

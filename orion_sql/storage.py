@@ -102,7 +102,8 @@ class SQL(DocumentMethods, AlgorithmLockMethods, BaseStorageProtocol):
     def _start(self) -> None:
         """What a storage object builds for itself (not pickled)."""
         self._lock = algorithm_lock(self._db, self._lock_expiry)
-        self._cache = TrialCache(self._db.dialect, self._cache_trials) if self._cache_trials else None
+        caching = self._cache_trials and self._db.dialect.tracks_trial_changes
+        self._cache = TrialCache(self._db.dialect, self._cache_trials) if caching else None
 
     def __repr__(self) -> str:
         return f"SQL(uri={redact(self._db.url)!r})"
@@ -265,7 +266,7 @@ class SQL(DocumentMethods, AlgorithmLockMethods, BaseStorageProtocol):
         statement = statements.status_change(self._db.dialect, mine, was, status)
 
         def move(conn):
-            return conn.execute(statement, fencing.token_of(trial)).first()
+            return statement(conn, fencing.token_of(trial))
 
         after_lost = recovery.outcome_or_redo(move, trial, {"status": status})
         moved = self._db.run(move, write=True, autocommit=True, after_lost=after_lost)
@@ -320,6 +321,6 @@ class SQL(DocumentMethods, AlgorithmLockMethods, BaseStorageProtocol):
 
     def _select_trials(self, clause: ColumnElement[bool]) -> list[Trial]:
         """Trials matching `clause`, by submit time, with their values (one snapshot)."""
-        order = trials.c.submit_time.asc().nulls_first()
+        order = self._db.dialect.nulls_first(trials.c.submit_time)
         found = self._db.run(lambda conn: statements.trial_documents(conn, clause, order), write=False)
         return [Trial(**document) for document in found]

@@ -6,7 +6,7 @@ Create Date: 2026-11-22
 """
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 
 revision = "0001_initial"
 down_revision = None
@@ -18,6 +18,20 @@ DOCUMENT = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "post
 # Exact values: JSON text on PostgreSQL; TEXT on SQLite, where a column declared JSON
 # would have numeric affinity and store the text 0.0 as the integer 0.
 EXACT_JSON = sa.JSON().with_variant(sa.Text(), "sqlite")
+# MariaDB (and MySQL): text compared by code point, trailing spaces significant;
+# indexed text within InnoDB's 3072-byte keys; microseconds; values beyond 64 KiB.
+MARIADB = ("mariadb", "mysql")
+COLLATION = "utf8mb4_nopad_bin"
+TEXT = sa.Text().with_variant(mysql.LONGTEXT(collation=COLLATION), *MARIADB)
+NAME = sa.Text().with_variant(mysql.VARCHAR(760, collation=COLLATION), *MARIADB)
+DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), *MARIADB)
+BYTES = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *MARIADB)
+
+
+def _varchar(length: int):
+    return sa.String(length=length).with_variant(mysql.VARCHAR(length, collation=COLLATION), *MARIADB)
+
+
 STATUSES = "'new', 'reserved', 'suspended', 'completed', 'interrupted', 'broken'"
 PARAM_TYPES = "'integer', 'real', 'categorical', 'fidelity'"
 RESULT_TYPES = "'objective', 'constraint', 'gradient', 'statistic', 'lie'"
@@ -28,11 +42,11 @@ def _value_table(name: str, allowed_types: str) -> None:
         name,
         sa.Column("trial_id", sa.Integer(), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
-        sa.Column("name", sa.Text(), nullable=False),
-        sa.Column("type", sa.String(length=16), nullable=True),
+        sa.Column("name", TEXT, nullable=False),
+        sa.Column("type", _varchar(16), nullable=True),
         sa.Column("value", EXACT_JSON, nullable=False),
         sa.Column("numeric_value", sa.Float(precision=53), nullable=True),
-        sa.Column("text_value", sa.Text(), nullable=True),
+        sa.Column("text_value", TEXT, nullable=True),
         sa.CheckConstraint(f"type IN ({allowed_types})", name=op.f(f"ck_{name}_type")),
         sa.ForeignKeyConstraint(
             ["trial_id"], ["trials.id"], name=op.f(f"fk_{name}_trial_id_trials"), ondelete="CASCADE"
@@ -45,7 +59,7 @@ def upgrade() -> None:
     op.create_table(
         "benchmarks",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("name", NAME, nullable=False),
         sa.Column("document", DOCUMENT, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_benchmarks")),
         sa.UniqueConstraint("name", name=op.f("uq_benchmarks_name")),
@@ -53,12 +67,12 @@ def upgrade() -> None:
     op.create_table(
         "experiments",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.Text(), nullable=False),
+        sa.Column("name", NAME, nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("parent_id", sa.Integer(), nullable=True),
         sa.Column("root_id", sa.Integer(), nullable=True),
-        sa.Column("username", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=True),
+        sa.Column("username", NAME, nullable=True),
+        sa.Column("created_at", DATETIME, nullable=True),
         sa.Column("document", DOCUMENT, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_experiments")),
         sa.UniqueConstraint("name", "version", name=op.f("uq_experiments_name_version")),
@@ -70,10 +84,10 @@ def upgrade() -> None:
         "algo_locks",
         sa.Column("experiment_id", sa.Integer(), nullable=False),
         sa.Column("configuration", DOCUMENT, nullable=True),
-        sa.Column("state", sa.LargeBinary(), nullable=True),
+        sa.Column("state", BYTES, nullable=True),
         sa.Column("locked", sa.Boolean(), nullable=False),
-        sa.Column("owner", sa.Text(), nullable=True),
-        sa.Column("heartbeat", sa.DateTime(), nullable=True),
+        sa.Column("owner", TEXT, nullable=True),
+        sa.Column("heartbeat", DATETIME, nullable=True),
         sa.ForeignKeyConstraint(
             ["experiment_id"], ["experiments.id"],
             name=op.f("fk_algo_locks_experiment_id_experiments"), ondelete="CASCADE",
@@ -84,15 +98,15 @@ def upgrade() -> None:
         "trials",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("experiment_id", sa.Integer(), nullable=False),
-        sa.Column("hash", sa.String(length=32), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("worker", sa.Text(), nullable=True),
-        sa.Column("exp_working_dir", sa.Text(), nullable=True),
-        sa.Column("parent_hash", sa.String(length=32), nullable=True),
-        sa.Column("submit_time", sa.DateTime(), nullable=True),
-        sa.Column("start_time", sa.DateTime(), nullable=True),
-        sa.Column("end_time", sa.DateTime(), nullable=True),
-        sa.Column("heartbeat", sa.DateTime(), nullable=True),
+        sa.Column("hash", _varchar(32), nullable=False),
+        sa.Column("status", _varchar(16), nullable=False),
+        sa.Column("worker", TEXT, nullable=True),
+        sa.Column("exp_working_dir", TEXT, nullable=True),
+        sa.Column("parent_hash", _varchar(32), nullable=True),
+        sa.Column("submit_time", DATETIME, nullable=True),
+        sa.Column("start_time", DATETIME, nullable=True),
+        sa.Column("end_time", DATETIME, nullable=True),
+        sa.Column("heartbeat", DATETIME, nullable=True),
         sa.CheckConstraint(f"status IN ({STATUSES})", name=op.f("ck_trials_status")),
         sa.ForeignKeyConstraint(
             ["experiment_id"], ["experiments.id"],

@@ -29,6 +29,18 @@ def _postgresql_json_path(keys: str) -> str:
     return "'{" + keys.replace(".", ",") + "}'"
 
 
+def _mariadb_json_path(keys: str) -> str:
+    return "'$" + "".join(f'."{key}"' for key in keys.split(".")) + "'"
+
+
+def _mariadb_object_entries(value: str, alias: str) -> str:
+    # JSON_TABLE reads the tables before it in FROM (no LATERAL needed); one row per key.
+    return (
+        f"JSON_TABLE(JSON_KEYS(CASE WHEN JSON_TYPE({value}) = 'OBJECT' THEN {value} END),"
+        f" '$[*]' COLUMNS (`key` VARCHAR(760) PATH '$')) AS {alias}"
+    )
+
+
 # The only SQL that differs per database: frozen copies, not orion_sql.dialects (a
 # revision is history). `keys` is a dotted path into a JSON value, e.g. "metadata.user".
 DIALECT_SQL = {
@@ -74,11 +86,38 @@ DIALECT_SQL = {
             f"jsonb_array_elements(CASE WHEN jsonb_typeof({value}) = 'array' THEN {value} END)"
             f" AS {alias}(value)"
         ),
+        "entry_value": lambda value, alias: f"{alias}.value",
+    },
+    "mariadb": {
+        "seconds_between": lambda start, end: (
+            f"(CAST(TIMESTAMPDIFF(MICROSECOND, {start}, {end}) AS DOUBLE) / 1000000)"
+        ),
+        "json": lambda value, keys: f"JSON_EXTRACT({value}, {_mariadb_json_path(keys)})",
+        "text": lambda value, keys: f"JSON_UNQUOTE(JSON_EXTRACT({value}, {_mariadb_json_path(keys)}))",
+        "integer": lambda value, keys: (
+            f"CASE WHEN JSON_TYPE(JSON_EXTRACT({value}, {_mariadb_json_path(keys)})) IN ('INTEGER', 'DOUBLE')"
+            f" THEN CAST(JSON_EXTRACT({value}, {_mariadb_json_path(keys)}) AS SIGNED) END"
+        ),
+        # Keys only: the value of each is entry_value (MariaDB has no json_each).
+        "object_entries": _mariadb_object_entries,
+        "array_elements": lambda value, alias: (
+            f"JSON_TABLE(CASE WHEN JSON_TYPE({value}) = 'ARRAY' THEN {value} END,"
+            f" '$[*]' COLUMNS (value JSON PATH '$')) AS {alias}"
+        ),
+        "entry_value": lambda value, alias: (
+            f"JSON_UNQUOTE(JSON_EXTRACT({value}, CONCAT('$.\"', {alias}.`key`, '\"')))"
+        ),
     },
 }
+# The name of the double type in CAST.
+DOUBLE = {"sqlite": "DOUBLE PRECISION", "postgresql": "DOUBLE PRECISION", "mariadb": "DOUBLE", "mysql": "DOUBLE"}
+# MySQL is MariaDB's dialect here (SQLAlchemy names the dialect after the URL).
+DIALECT_SQL["mysql"] = DIALECT_SQL["mariadb"]
+# SQLite's json_each and PostgreSQL's jsonb_each_text give each entry's value as a column.
+DIALECT_SQL["sqlite"]["entry_value"] = lambda value, alias: f"{alias}.value"
 
 
-def _views(sql: dict) -> dict[str, str]:
+def _views(sql: dict, double: str = "DOUBLE PRECISION") -> dict[str, str]:
     """Each view's SELECT, in creation order (a view may read the ones before it)."""
     return {
         # One row per experiment version, with its EVC parent and root by name.
@@ -117,7 +156,7 @@ SELECT
     e.name AS experiment_name,
     e.version AS version,
     d.key AS dimension,
-    d.value AS prior
+    {sql["entry_value"](sql["json"]("e.document", "space"), "d")} AS prior
 FROM experiments e, {sql["object_entries"](sql["json"]("e.document", "space"), "d")}""",
         # One row per change Oríon recorded between an experiment and its EVC parent.
         "version_changes": f"""
@@ -205,13 +244,13 @@ FROM (
 WHERE place = 1""",
         # One row per experiment and worker: how many trials it ran, and how many broke.
         # broken_rate: broken / (completed + broken), NULL while none has finished.
-        "worker_summary": """
+        "worker_summary": f"""
 SELECT
     experiment_id, experiment_name, version, worker,
     COUNT(*) AS trial_count,
     COUNT(CASE WHEN status = 'completed' THEN 1 END) AS completed_count,
     COUNT(CASE WHEN status = 'broken' THEN 1 END) AS broken_count,
-    CAST(COUNT(CASE WHEN status = 'broken' THEN 1 END) AS DOUBLE PRECISION)
+    CAST(COUNT(CASE WHEN status = 'broken' THEN 1 END) AS {double})
         / NULLIF(COUNT(CASE WHEN status IN ('completed', 'broken') THEN 1 END), 0)
         AS broken_rate,
     AVG(CASE WHEN status = 'completed' THEN duration_seconds END) AS mean_completed_seconds
@@ -231,10 +270,10 @@ def _dialect_sql() -> dict:
 
 
 def upgrade() -> None:
-    for name, select in _views(_dialect_sql()).items():
+    for name, select in _views(_dialect_sql(), DOUBLE[op.get_bind().dialect.name]).items():
         op.execute(f"CREATE VIEW {name} AS{select}")
 
 
 def downgrade() -> None:
-    for name in reversed(list(_views(_dialect_sql()))):
+    for name in reversed(list(_views(_dialect_sql(), DOUBLE[op.get_bind().dialect.name]))):
         op.execute(f"DROP VIEW {name}")

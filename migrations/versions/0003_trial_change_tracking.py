@@ -105,6 +105,12 @@ TRIGGERS = {
 }
 
 
+# MariaDB (and MySQL): no triggers, the columns only. A per-experiment counter
+# deadlocked concurrent writers there, and no stamp in commit order is available:
+# the trial cache is off on MariaDB (MariaDBDialect.tracks_trial_changes).
+TRIGGERS["mariadb"] = TRIGGERS["mysql"] = {"create": [], "drop": []}
+
+
 def _triggers() -> dict:
     name = op.get_bind().dialect.name
     if name not in TRIGGERS:

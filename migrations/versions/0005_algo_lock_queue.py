@@ -9,6 +9,7 @@ Create Date: 2026-12-01
 """
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0005_algo_lock_queue"
 down_revision = "0004_times_written_as_text"
@@ -16,13 +17,18 @@ branch_labels = None
 depends_on = None
 
 
+# Frozen copies of the column types (MariaDB and MySQL: code point text, microseconds).
+OWNER = sa.Text().with_variant(mysql.LONGTEXT(collation="utf8mb4_nopad_bin"), "mariadb", "mysql")
+HEARTBEAT = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb", "mysql")
+
+
 def upgrade() -> None:
     op.create_table(
         "algo_lock_waiters",
         sa.Column("ticket", sa.Integer(), nullable=False),
         sa.Column("experiment_id", sa.Integer(), nullable=False),
-        sa.Column("owner", sa.Text(), nullable=False),
-        sa.Column("heartbeat", sa.DateTime(), nullable=False),
+        sa.Column("owner", OWNER, nullable=False),
+        sa.Column("heartbeat", HEARTBEAT, nullable=False),
         sa.ForeignKeyConstraint(
             ["experiment_id"], ["algo_locks.experiment_id"],
             name=op.f("fk_algo_lock_waiters_experiment_id_algo_locks"), ondelete="CASCADE",

@@ -24,4 +24,8 @@ def dialect_for(url: URL) -> Dialect:
         from orion_sql.dialects.postgresql import PostgreSQLDialect
 
         return PostgreSQLDialect(url)
+    if backend in ("mariadb", "mysql"):
+        from orion_sql.dialects.mariadb import MariaDBDialect
+
+        return MariaDBDialect(url)
     raise ValueError(f"no orion_sql dialect for database backend {backend!r}")

@@ -44,6 +44,10 @@ class Dialect(abc.ABC):
     has_row_locks: bool
     # Whether a statement may write inside WITH (then select what it wrote): see statements.
     writes_in_with: bool = False
+    # Whether UPDATE ... RETURNING exists (MariaDB returns rows from INSERT and DELETE only).
+    update_returning: bool = True
+    # Whether revision 0003's change stamps serve a trial cache (see orion_sql.trial_cache).
+    tracks_trial_changes: bool = True
 
     @abc.abstractmethod
     def engine_options(self, settings: ConnectionSettings) -> dict[str, Any]:
@@ -131,6 +135,10 @@ class Dialect(abc.ABC):
     def number_literal(self, value: int | float) -> ColumnElement:
         """`value` as a SQL operand compared exactly with :meth:`json_number`."""
         return literal(value)
+
+    def nulls_first(self, expression: ColumnElement) -> ColumnElement:
+        """`expression` in ascending order, NULL before any value."""
+        return expression.asc().nulls_first()
 
     def ordered_text(self, expression: ColumnElement[str]) -> ColumnElement[str]:
         """A text expression that orders by code point, as Python compares strings."""
