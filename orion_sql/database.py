@@ -245,7 +245,9 @@ def build_engine(url: URL, settings: ConnectionSettings) -> Engine:
     options["connect_args"] = {
         key: value for key, value in options.get("connect_args", {}).items() if key not in connect_url.query
     }
-    engine = create_engine(connect_url, json_serializer=exact_json.dumps, json_deserializer=exact_json.loads, **options)
+    engine = create_engine(
+        connect_url, json_serializer=dialect.json_serializer, json_deserializer=exact_json.loads, **options
+    )
     dialect.prepare_engine(engine, settings)
     _ping_idle_connections(engine)
     return engine

@@ -86,6 +86,14 @@ def dumps(value: Any) -> str:
     return json.dumps(to_json_safe(value), allow_nan=False, separators=(",", ":"), sort_keys=True)
 
 
+def dumps_unescaped(value: Any) -> str:
+    """:func:`dumps`, with characters beyond ASCII written as themselves (MariaDB's JSON
+    paths match a key's text as stored, without reading ``\\u`` escapes)."""
+    return json.dumps(
+        to_json_safe(value), allow_nan=False, separators=(",", ":"), sort_keys=True, ensure_ascii=False
+    )
+
+
 def loads(text: str) -> Any:
     """Deserialize a JSON column (the engine's json_deserializer)."""
     return from_json_safe(json.loads(text))

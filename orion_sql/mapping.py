@@ -15,6 +15,7 @@ from typing import Any
 from orion.core.worker.trial import validate_status
 
 from orion_sql.exact_json import checked_text, to_json_safe
+from orion_sql.models import MAX_INDEXED_TEXT
 
 # Ids and versions are INTEGER columns, 32 bits on PostgreSQL: one range on every database.
 INTEGER_RANGE = range(-(2**31), 2**31)
@@ -31,10 +32,14 @@ def checked_id(value: Any, name: str) -> int:
 
 
 def checked_name(value: str, name: str) -> str:
-    """A name: text that fits in a unique index."""
+    """A name: text that fits in a unique index, on every database (MariaDB's InnoDB keys
+    hold 760 utf8mb4 characters), so that every database accepts the same names."""
     checked_text(value, name)
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise ValueError(f"{name} is {len(value)} characters long; at most {MAX_NAME_BYTES} bytes can be indexed")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or len(value) > MAX_INDEXED_TEXT:
+        raise ValueError(
+            f"{name} is {len(value)} characters long; at most {MAX_INDEXED_TEXT} characters"
+            f" and {MAX_NAME_BYTES} bytes can be indexed"
+        )
     return value
 
 def _get_path(document: Mapping, dotted: str) -> Any:
@@ -58,7 +63,7 @@ def _typed(document: Mapping, dotted: str, kind: type | tuple, required: bool = 
     if isinstance(value, int):
         return checked_id(value, dotted)
     if isinstance(value, str):
-        return checked_name(value, dotted) if dotted == "name" else checked_text(value, dotted)
+        return checked_name(value, dotted) if dotted in ("name", "metadata.user") else checked_text(value, dotted)
     return value
 
 

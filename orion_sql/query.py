@@ -162,15 +162,17 @@ class _ColumnTarget(_Target):
     def present(self):
         return true()
 
-    @staticmethod
-    def _operand(value: Any) -> Any:
+    def _operand(self, value: Any) -> Any:
         """`value` as bound. Integers bind as 64-bit, whatever the column's width (a 32-bit
-        parameter would overflow); beyond 64 bits, which no column holds, as +-infinity."""
-        if not isinstance(value, int) or isinstance(value, bool):
-            return value
-        if -(2**63) <= value < 2**63:
-            return literal(value, BigInteger)
-        return math.inf if value > 0 else -math.inf
+        parameter would overflow); beyond 64 bits, which no column holds, as +-infinity
+        (as the dialect binds an infinity)."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            if -(2**63) <= value < 2**63:
+                return literal(value, BigInteger)
+            value = math.inf if value > 0 else -math.inf
+        if isinstance(value, float) and math.isinf(value):
+            return self.dialect.infinity(value)
+        return value
 
     def equals(self, value):
         if value is None:

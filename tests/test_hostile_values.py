@@ -193,3 +193,23 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.parametrize("where", ["name", "metadata.user"])
+def test_names_hold_760_characters_and_no_more(storage, where):
+    """Indexed text (experiment and benchmark names, users) holds 760 characters on
+    every database: what MariaDB's InnoDB keys hold in utf8mb4 (4 bytes a character)."""
+    def config(length: int) -> dict:
+        text = "x" * length
+        name, user = (text, "u") if where == "name" else (f"n{next(_unique)}", text)
+        return {"name": name, "version": 1, "algorithm": {"random": {}}, "metadata": {"user": user}}
+
+    longest = config(760)
+    storage.create_experiment(longest)
+    assert storage.fetch_experiments({"_id": longest["_id"]})[0]["name"] == longest["name"]
+    before = _rows(storage)
+    with pytest.raises(ValueError, match=f"{where} is 761 characters long"):
+        storage.create_experiment(config(761))
+    with pytest.raises(ValueError, match="name is 761 characters long"):
+        storage.create_benchmark({"name": "x" * 761, "targets": []})
+    assert _rows(storage) == before

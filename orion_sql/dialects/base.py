@@ -12,6 +12,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
+from orion_sql import exact_json
 from orion_sql.settings import ConnectionSettings
 
 JsonPath = Sequence[str]
@@ -48,6 +49,10 @@ class Dialect(abc.ABC):
     update_returning: bool = True
     # Whether revision 0003's change stamps serve a trial cache (see orion_sql.trial_cache).
     tracks_trial_changes: bool = True
+
+    def json_serializer(self, value: Any) -> str:
+        """The text a JSON column holds for `value` (see :mod:`orion_sql.exact_json`)."""
+        return exact_json.dumps(value)
 
     @abc.abstractmethod
     def engine_options(self, settings: ConnectionSettings) -> dict[str, Any]:
@@ -135,6 +140,10 @@ class Dialect(abc.ABC):
     def number_literal(self, value: int | float) -> ColumnElement:
         """`value` as a SQL operand compared exactly with :meth:`json_number`."""
         return literal(value)
+
+    def infinity(self, value: float) -> Any:
+        """An infinite float as a SQL operand compared with number columns."""
+        return value
 
     def nulls_first(self, expression: ColumnElement) -> ColumnElement:
         """`expression` in ascending order, NULL before any value."""

@@ -30,6 +30,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from orion_sql import exact_json
 from orion_sql.dialects.base import Dialect, ErrorKind, JsonPath
 from orion_sql.models import UtcDateTime
 
@@ -90,6 +91,9 @@ class MariaDBDialect(Dialect):
 
     def __init__(self, url: URL | None = None):
         self.url = url
+
+    def json_serializer(self, value):
+        return exact_json.dumps_unescaped(value)
 
     def engine_options(self, settings):
         return {
@@ -176,9 +180,14 @@ class MariaDBDialect(Dialect):
 
     @staticmethod
     def _path(path: JsonPath) -> str:
+        # A quoted label matches the key as stored (exact_json.dumps_unescaped), but ends at
+        # a double quote, and JSON escapes a backslash and control characters.
         for key in path:
-            if '"' in key or "\\" in key:
-                raise ValueError(f"MariaDB cannot address the document key {key!r}: it contains a quote or backslash")
+            if '"' in key or "\\" in key or any(character < " " for character in key):
+                raise ValueError(
+                    f"MariaDB cannot address the document key {key!r}: it contains a double quote,"
+                    " a backslash or a control character"
+                )
         return "$" + "".join(f'."{key}"' for key in path)
 
     def _at(self, doc, path):
@@ -209,12 +218,17 @@ class MariaDBDialect(Dialect):
             value = math.copysign(1.7976931348623157e308, value)
         return literal(value, mysql.DOUBLE())
 
+    def infinity(self, value):
+        return self.number_literal(value)  # a DOUBLE cannot be infinite: the largest finite one
+
     def json_equals(self, doc, path, json_text):
         value = json.loads(json_text)
         if not (value is None or isinstance(value, (bool, list, dict))):
             raise ValueError(f"json_equals compares null, booleans, arrays and objects, not {value!r}")
+        # The operand written as documents are (characters beyond ASCII unescaped).
+        unescaped = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         compact = func.json_compact(self._at(doc, path)).collate(COLLATION)
-        return compact == func.json_compact(literal(json_text)).collate(COLLATION)
+        return compact == func.json_compact(literal(unescaped)).collate(COLLATION)
 
     def ordered_text(self, expression):
         return expression.collate(COLLATION)
