@@ -71,17 +71,18 @@ def short_text(length: int):
     return String(length).with_variant(mysql.VARCHAR(length, collation=MARIADB_COLLATION), *MARIADB)
 
 
-class _Double(TypeDecorator):
-    """A double; MariaDB's cannot hold NaN or infinities, which it stores as NULL (the
-    exact value stays in the JSON `value` column beside it)."""
+class _FiniteDouble(TypeDecorator):
+    """MariaDB's DOUBLE, which cannot hold NaN or infinities: those are stored as NULL
+    (the exact value stays in the JSON `value` column beside it)."""
 
-    impl = Float(53)
+    impl = mysql.DOUBLE(asdecimal=False)
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        if value is not None and dialect.name in MARIADB and not math.isfinite(value):
-            return None
-        return value
+        return None if value is not None and not math.isfinite(value) else value
+
+
+Double = Float(53).with_variant(_FiniteDouble(), *MARIADB)
 
 
 # Documents are queried by key, so PostgreSQL keeps them as JSONB; value columns keep
@@ -103,7 +104,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {
         int: Integer,
         str: AnyText,
-        float: _Double(),
+        float: Double,
         bytes: Bytes,
         datetime.datetime: UtcDateTime,
         dict[str, Any]: Document,

@@ -8,6 +8,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
+from orion_sql import resumable
+
 revision = "0001_initial"
 down_revision = None
 branch_labels = None
@@ -25,6 +27,7 @@ COLLATION = "utf8mb4_nopad_bin"
 TEXT = sa.Text().with_variant(mysql.LONGTEXT(collation=COLLATION), *MARIADB)
 NAME = sa.Text().with_variant(mysql.VARCHAR(760, collation=COLLATION), *MARIADB)
 DATETIME = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), *MARIADB)
+DOUBLE = sa.Float(precision=53).with_variant(mysql.DOUBLE(asdecimal=False), *MARIADB)
 BYTES = sa.LargeBinary().with_variant(mysql.LONGBLOB(), *MARIADB)
 
 
@@ -38,14 +41,14 @@ RESULT_TYPES = "'objective', 'constraint', 'gradient', 'statistic', 'lie'"
 
 
 def _value_table(name: str, allowed_types: str) -> None:
-    op.create_table(
+    resumable.create_table(
         name,
         sa.Column("trial_id", sa.Integer(), nullable=False),
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("name", TEXT, nullable=False),
         sa.Column("type", _varchar(16), nullable=True),
         sa.Column("value", EXACT_JSON, nullable=False),
-        sa.Column("numeric_value", sa.Float(precision=53), nullable=True),
+        sa.Column("numeric_value", DOUBLE, nullable=True),
         sa.Column("text_value", TEXT, nullable=True),
         sa.CheckConstraint(f"type IN ({allowed_types})", name=op.f(f"ck_{name}_type")),
         sa.ForeignKeyConstraint(
@@ -56,7 +59,7 @@ def _value_table(name: str, allowed_types: str) -> None:
 
 
 def upgrade() -> None:
-    op.create_table(
+    resumable.create_table(
         "benchmarks",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", NAME, nullable=False),
@@ -64,7 +67,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_benchmarks")),
         sa.UniqueConstraint("name", name=op.f("uq_benchmarks_name")),
     )
-    op.create_table(
+    resumable.create_table(
         "experiments",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", NAME, nullable=False),
@@ -78,9 +81,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", "version", name=op.f("uq_experiments_name_version")),
     )
     for column in ("created_at", "parent_id", "root_id", "username"):
-        op.create_index(op.f(f"ix_experiments_{column}"), "experiments", [column])
+        resumable.create_index(op.f(f"ix_experiments_{column}"), "experiments", [column])
 
-    op.create_table(
+    resumable.create_table(
         "algo_locks",
         sa.Column("experiment_id", sa.Integer(), nullable=False),
         sa.Column("configuration", DOCUMENT, nullable=True),
@@ -94,7 +97,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("experiment_id", name=op.f("pk_algo_locks")),
     )
-    op.create_table(
+    resumable.create_table(
         "trials",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("experiment_id", sa.Integer(), nullable=False),
@@ -116,7 +119,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("experiment_id", "hash", name=op.f("uq_trials_experiment_id_hash")),
     )
     # Reservation: the oldest pending trial of one experiment, walked in id order.
-    op.create_index(op.f("ix_trials_experiment_id_status_id"), "trials", ["experiment_id", "status", "id"])
+    resumable.create_index(op.f("ix_trials_experiment_id_status_id"), "trials", ["experiment_id", "status", "id"])
 
     _value_table("params", PARAM_TYPES)
     _value_table("results", RESULT_TYPES)
@@ -124,4 +127,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in ("results", "params", "trials", "algo_locks", "experiments", "benchmarks"):
-        op.drop_table(table)
+        resumable.drop_table(table)

@@ -15,6 +15,8 @@ Create Date: 2026-11-22
 """
 from alembic import op
 
+from orion_sql import resumable
+
 revision = "0002_analytics_views"
 down_revision = "0001_initial"
 branch_labels = None
@@ -271,9 +273,9 @@ def _dialect_sql() -> dict:
 
 def upgrade() -> None:
     for name, select in _views(_dialect_sql(), DOUBLE[op.get_bind().dialect.name]).items():
-        op.execute(f"CREATE VIEW {name} AS{select}")
+        resumable.create_view(name, select)
 
 
 def downgrade() -> None:
     for name in reversed(list(_views(_dialect_sql(), DOUBLE[op.get_bind().dialect.name]))):
-        op.execute(f"DROP VIEW {name}")
+        resumable.drop_view(name)

@@ -26,6 +26,8 @@ Create Date: 2026-12-01
 import sqlalchemy as sa
 from alembic import op
 
+from orion_sql import resumable
+
 revision = "0003_trial_change_tracking"
 down_revision = "0002_analytics_views"
 branch_labels = None
@@ -119,11 +121,11 @@ def _triggers() -> dict:
 
 
 def upgrade() -> None:
-    op.add_column("experiments", sa.Column("incarnation", sa.BigInteger(), nullable=False, server_default="0"))
+    resumable.add_column("experiments", sa.Column("incarnation", sa.BigInteger(), nullable=False, server_default="0"))
     for counter in COUNTERS:
-        op.add_column("experiments", sa.Column(counter, sa.BigInteger(), nullable=False, server_default="0"))
-    op.add_column("trials", sa.Column("change_stamp", sa.BigInteger(), nullable=False, server_default="0"))
-    op.create_index(op.f("ix_trials_experiment_id_change_stamp"), "trials", ["experiment_id", "change_stamp"])
+        resumable.add_column("experiments", sa.Column(counter, sa.BigInteger(), nullable=False, server_default="0"))
+    resumable.add_column("trials", sa.Column("change_stamp", sa.BigInteger(), nullable=False, server_default="0"))
+    resumable.create_index(op.f("ix_trials_experiment_id_change_stamp"), "trials", ["experiment_id", "change_stamp"])
     for statement in _triggers()["create"]:
         op.execute(statement)
 
@@ -131,8 +133,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     for statement in _triggers()["drop"]:
         op.execute(statement)
-    op.drop_index(op.f("ix_trials_experiment_id_change_stamp"), table_name="trials")
-    op.drop_column("trials", "change_stamp")
+    resumable.drop_index(op.f("ix_trials_experiment_id_change_stamp"), table_name="trials")
+    resumable.drop_column("trials", "change_stamp")
     for counter in reversed(COUNTERS):
-        op.drop_column("experiments", counter)
-    op.drop_column("experiments", "incarnation")
+        resumable.drop_column("experiments", counter)
+    resumable.drop_column("experiments", "incarnation")

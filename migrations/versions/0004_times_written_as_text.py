@@ -7,8 +7,9 @@ Revises: 0003_trial_change_tracking
 Create Date: 2026-12-01
 """
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql
+
+from orion_sql import resumable
 
 revision = "0004_times_written_as_text"
 down_revision = "0003_trial_change_tracking"
@@ -17,9 +18,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("trials", sa.Column("written_times", sa.JSON().with_variant(postgresql.JSONB(), "postgresql")))
+    resumable.add_column("trials", sa.Column("written_times", sa.JSON().with_variant(postgresql.JSONB(), "postgresql")))
 
 
 def downgrade() -> None:
     # In place (SQLite 3.35+): a batch copy of the table would break the views reading it.
-    op.drop_column("trials", "written_times")
+    resumable.drop_column("trials", "written_times")

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
+from orion_sql import resumable
+
 revision = "0005_algo_lock_queue"
 down_revision = "0004_times_written_as_text"
 branch_labels = None
@@ -23,7 +25,7 @@ HEARTBEAT = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mariadb", "mysql"
 
 
 def upgrade() -> None:
-    op.create_table(
+    resumable.create_table(
         "algo_lock_waiters",
         sa.Column("ticket", sa.Integer(), nullable=False),
         sa.Column("experiment_id", sa.Integer(), nullable=False),
@@ -35,11 +37,11 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("ticket", name=op.f("pk_algo_lock_waiters")),
     )
-    op.create_index(
+    resumable.create_index(
         op.f("ix_algo_lock_waiters_experiment_id_ticket"), "algo_lock_waiters", ["experiment_id", "ticket"]
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_algo_lock_waiters_experiment_id_ticket"), table_name="algo_lock_waiters")
-    op.drop_table("algo_lock_waiters")
+    # Its index goes with it (MariaDB refuses to drop an index its foreign key uses).
+    resumable.drop_table("algo_lock_waiters")
