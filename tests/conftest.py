@@ -36,6 +36,7 @@ from orion_sql.location import sqlite_url
 from orion_sql.models import Base
 from orion_sql.schema import VERSION_TABLE, ensure_schema, head_revision
 from support import DIALECTS, MARIADB_PENDING
+from support.mariadb import MARIADB, create_mariadb_database, drop_mariadb_database, mariadb_admin, mariadb_url
 
 PG: dict[str, Any] = {
     "host": os.environ.get("ORION_SQL_TEST_PG_HOST", "127.0.0.1"),
@@ -105,41 +106,6 @@ def postgresql_url_fresh(postgresql) -> str:
     return url.render_as_string(hide_password=False)
 
 
-MARIADB: dict[str, Any] = {
-    "host": os.environ.get("ORION_SQL_TEST_MARIADB_HOST", "127.0.0.1"),
-    "port": int(os.environ.get("ORION_SQL_TEST_MARIADB_PORT", "3306")),
-    "user": os.environ.get("ORION_SQL_TEST_MARIADB_USER", "root"),
-    "password": os.environ.get("ORION_SQL_TEST_MARIADB_PASSWORD", ""),
-}
-
-
-def mariadb_admin(database: str | None = None) -> pymysql.Connection:
-    return pymysql.connect(database=database, autocommit=True, connect_timeout=5, **MARIADB)
-
-
-def mariadb_url(database: str) -> str:
-    url = URL.create(
-        "mariadb+pymysql",
-        username=MARIADB["user"],
-        password=MARIADB["password"] or None,
-        host=MARIADB["host"],
-        port=MARIADB["port"],
-        database=database,
-    )
-    return url.render_as_string(hide_password=False)
-
-
-def _create_mariadb_database(name: str) -> None:
-    with mariadb_admin() as conn, conn.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin")
-
-
-def _drop_mariadb_database(name: str) -> None:
-    with mariadb_admin() as conn, conn.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-
 class _MariaDBSessionDatabase:
     """The session's MariaDB database: migrated once, emptied before each test."""
 
@@ -149,7 +115,7 @@ class _MariaDBSessionDatabase:
         self._migrate()
 
     def _migrate(self) -> None:
-        _create_mariadb_database(self.name)
+        create_mariadb_database(self.name)
         database = Database(self.url)
         ensure_schema(database)
         database.dispose()
@@ -173,7 +139,7 @@ class _MariaDBSessionDatabase:
         return self.url
 
     def drop(self) -> None:
-        _drop_mariadb_database(self.name)
+        drop_mariadb_database(self.name)
 
 
 @pytest.fixture(scope="session")
@@ -226,9 +192,9 @@ def empty_url(request, tmp_path) -> Iterator[str]:
         if module in MARIADB_PENDING:
             pytest.skip(f"MariaDB: {module} not yet run there (issue 14, {MARIADB_PENDING[module]})")
         name = f"orion_sql_empty_{os.getpid()}_{next(_empty_database_numbers)}"
-        _create_mariadb_database(name)
+        create_mariadb_database(name)
         yield mariadb_url(name)
-        _drop_mariadb_database(name)
+        drop_mariadb_database(name)
         return
     server = request.getfixturevalue("postgresql_server")
     name = f"orion_sql_empty_{os.getpid()}_{next(_empty_database_numbers)}"

@@ -33,11 +33,8 @@ from orion_sql import SQL
 from orion_sql.database import Database
 from orion_sql.location import sqlite_url
 from orion_sql.schema import VERSION_TABLE, alembic_config, current_revision, downgrade, head_revision, upgrade
-from support import DIALECTS as ALL_DIALECTS
-from support import orion_fill
-
-# MariaDB joins with its analytics queries (issue 14, stage 2).
-DIALECTS = [name for name in ALL_DIALECTS if name != "mariadb"]
+from support import DIALECTS, orion_fill
+from support.mariadb import create_mariadb_database, drop_mariadb_database, mariadb_url
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analytics.md"
 BEFORE_VIEWS = "0001_initial"
@@ -98,8 +95,8 @@ def test_parser_rejects_malformed_blocks():
         parse_queries("```sql\nSELECT 1\n```\n")
     with pytest.raises(ValueError, match="one per database"):
         parse_queries("```sql sqlite\n-- name: q\nSELECT 1\n```\n")
-    with pytest.raises(ValueError, match="unknown dialect 'mysql'"):
-        parse_queries("```sql mysql\n-- name: q\nSELECT 1\n```\n")
+    with pytest.raises(ValueError, match="unknown dialect 'oracle'"):
+        parse_queries("```sql oracle\n-- name: q\nSELECT 1\n```\n")
     with pytest.raises(ValueError, match="given twice"):
         parse_queries("```sql\n-- name: q\nSELECT 1\n```\n```sql\n-- name: q\nSELECT 2\n```\n")
 
@@ -146,6 +143,13 @@ def fresh_database(request, dialect: str, tmp_path_factory):
     """The URL of a new, empty database (Oríon's storage creates the schema)."""
     if dialect == "sqlite":
         yield str(sqlite_url(str(tmp_path_factory.mktemp("analytics") / "orion.sqlite")))
+        return
+    if dialect == "mariadb":
+        request.getfixturevalue("mariadb_session_database")  # skips when no MariaDB answers
+        name = f"orion_sql_analytics_{os.getpid()}"
+        create_mariadb_database(name)
+        yield mariadb_url(name)
+        drop_mariadb_database(name)
         return
     server = request.getfixturevalue("postgresql_server")
     dbname = f"orion_sql_analytics_{os.getpid()}"
@@ -618,6 +622,7 @@ def schema_objects(url: str) -> dict:
         for table in inspector.get_table_names()
     }
     hooks = {
+        "mariadb": "SELECT 'trigger', trigger_name FROM information_schema.triggers WHERE trigger_schema = DATABASE()",
         "sqlite": "SELECT type, name FROM sqlite_master WHERE type = 'trigger'",
         "postgresql": "SELECT 'trigger', tgname FROM pg_trigger WHERE NOT tgisinternal"
                       " UNION ALL SELECT 'rule', rulename FROM pg_rules WHERE schemaname = current_schema()",

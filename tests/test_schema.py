@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import alembic.op
 import orion.core
 import pytest
-import alembic.op
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config

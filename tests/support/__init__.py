@@ -6,7 +6,7 @@ DIALECTS = ["sqlite", "postgresql", "mariadb"]
 # (module -> the stage), each with the reason printed by `pytest -ra`.
 MARIADB_PENDING = {
     name: "stage 2: migrations, analytics, transfer, cli"
-    for name in ("test_analytics", "test_cli", "test_transfer", "test_test_command",
+    for name in ("test_cli", "test_transfer", "test_test_command",
                  "test_setup_command", "test_wheel", "test_orion_db_upgrade", "test_orion_sql_setup")
 } | {
     name: "stage 3: concurrency, lock handover, Oríon runs"
