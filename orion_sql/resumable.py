@@ -15,7 +15,6 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-
 # Databases that commit each DDL statement by itself (SQLAlchemy's dialect names).
 NON_TRANSACTIONAL_DDL = ("mariadb", "mysql")
 

@@ -257,7 +257,7 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
 
 # A status change: (connection, binds) -> the trial's new start time in a row, None if
 # the trial was not in the expected status.
-StatusChange = Callable[[Connection, dict], Optional[Any]]
+StatusChange = Callable[[Connection, dict], Any | None]
 
 
 def status_change(dialect: Dialect, trial_clause, was: str, status: str, heartbeat=None) -> StatusChange:
