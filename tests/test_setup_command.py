@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from orion_sql import setup_command
 from orion_sql.cli import main
-from support.pgbouncer import free_port
+from support.servers import free_port
 
 PASSWORD = "s3cret-Pa55"
 

@@ -21,8 +21,8 @@ from orion_sql.database import Database
 from orion_sql.schema import downgrade, revisions
 from support.contents import database_contents
 from support.documents import make_trial, new_experiment
-from support.pgbouncer import free_port, pgbouncer
 from support.schema import table_names
+from support.servers import PgBouncer, free_port
 
 ORION_SQL = str(Path(sys.executable).with_name("orion-sql"))
 PASSWORD = "s3cret-Pa55"
@@ -224,8 +224,8 @@ def test_a_network_file_system_is_told_apart_from_a_local_one(tmp_path, monkeypa
 @pytest.mark.parametrize("pool_mode", ["transaction", "session"])
 def test_a_pgbouncer_in_front_is_reported_with_its_pool_mode(postgresql_url_fresh, pool_mode, monkeypatch, capsys):
     url = make_url(postgresql_url_fresh)
-    with pgbouncer(url.host, url.port, url.username, pool_mode) as port:
-        code, checks = run_test(monkeypatch, capsys, url.set(port=port).render_as_string(hide_password=False))
+    with PgBouncer(url.port, pool_mode=pool_mode, server_host=url.host, user=url.username) as bouncer:
+        code, checks = run_test(monkeypatch, capsys, url.set(port=bouncer.port).render_as_string(hide_password=False))
     assert code == 0, checks
     assert f"in {pool_mode} pooling mode" in checks["pooler"]["detail"]
     assert ("its pool size" in checks["connections"]["detail"]) is (pool_mode == "transaction")

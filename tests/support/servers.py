@@ -9,9 +9,9 @@ installs it when missing).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -19,10 +19,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import psycopg
 
 PG_VERSION = "15"
+BOUNCER_STARTUP_SECONDS = 20
 SERVER_SETTINGS = {"max_connections": "100", "fsync": "off", "shared_buffers": "32MB"}
 
 
@@ -166,45 +168,65 @@ class PeakConnections:
 
 
 class PgBouncer:
-    """Debian's PgBouncer in front of `server`, transaction pooling, `pool_size` server connections."""
+    """Debian's PgBouncer in front of a server: `pool_mode` pooling, at most `pool_size`
+    server connections, every database forwarded, `user` let in without a password.
 
-    def __init__(self, server_port: int, pool_size: int = 20):
+    PgBouncer refuses to run as root: as root it runs as ``nobody``, so its folder is
+    one that user can enter, and it logs to the standard output this object keeps.
+    """
+
+    def __init__(
+        self,
+        server_port: int,
+        pool_mode: str = "transaction",
+        pool_size: int = 20,
+        server_host: str = "127.0.0.1",
+        user: str = "postgres",
+    ):
         self.port = free_port()
-        self.server_port = server_port
-        self.pool_size = pool_size
+        self.server_port, self.server_host = server_port, server_host
+        self.pool_mode, self.pool_size, self.user = pool_mode, pool_size, user
         self.directory = Path(tempfile.mkdtemp(prefix="orion_sql_pgbouncer_"))
         self._process: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
 
     def url(self, dbname: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{dbname}"
 
     def start(self) -> PgBouncer:
         executable = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
         if not os.path.exists(executable):
             raise RuntimeError("pgbouncer is not installed (Debian: apt-get install -y pgbouncer; make test does it)")
-        (self.directory / "users.txt").write_text('"postgres" ""\n')
+        os.chmod(self.directory, 0o755)
+        (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
         config = self.directory / "pgbouncer.ini"
         config.write_text(
             "[databases]\n"
-            f"* = host=127.0.0.1 port={self.server_port}\n"
+            f"* = host={self.server_host} port={self.server_port}\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
-            "auth_type = trust\n"
-            f"auth_file = {self.directory / 'users.txt'}\n"
-            "pool_mode = transaction\n"
-            f"default_pool_size = {self.pool_size}\nmax_client_conn = 2000\nmax_db_connections = {self.pool_size}\n"
-            f"logfile = {self.directory / 'pgbouncer.log'}\n"
+            f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\n"
+            f"pool_mode = {self.pool_mode}\n"
+            f"default_pool_size = {self.pool_size}\nmax_db_connections = {self.pool_size}\nmax_client_conn = 2000\n"
         )
-        command = [executable, str(config)]
-        if os.geteuid() == 0:  # PgBouncer refuses to run as root
-            user = pwd.getpwnam("postgres")
-            os.chown(self.directory, user.pw_uid, user.pw_gid)
-            for path in self.directory.iterdir():
-                os.chown(path, user.pw_uid, user.pw_gid)
-            command[1:1] = ["-u", "postgres"]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        wait_until_answering(self.port, timeout=30)
+        as_nobody = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self._log = open(self.directory / "pgbouncer.log", "wb")
+        self._process = subprocess.Popen(
+            [executable, *as_nobody, str(config)], stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self._wait_until_listening()
         return self
+
+    def _wait_until_listening(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + BOUNCER_STARTUP_SECONDS
+        while time.monotonic() < deadline and self._process.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return
+            time.sleep(0.1)
+        log = (self.directory / "pgbouncer.log").read_text(errors="replace")
+        self.stop()
+        raise RuntimeError(f"PgBouncer did not start on port {self.port}:\n{log}")
 
     def stop(self) -> None:
         if self._process is not None:
@@ -214,6 +236,10 @@ class PgBouncer:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+            self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> PgBouncer:
