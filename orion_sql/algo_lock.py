@@ -4,15 +4,16 @@ Two strategies behind one interface, chosen by the dialect:
 
 - :class:`RowLock` (PostgreSQL): the holder's own transaction holds the row lock
   for the whole ``with`` block. Waiters block on the row itself and proceed the
-  moment the holder commits (behind a pooler in transaction mode they try NOWAIT
-  with backoff instead); the server drops the lock with a dead holder's
-  connection. A holder whose connection dropped has lost the lock: it saves its
+  moment the holder commits; behind a pooler in transaction mode, where a blocked
+  waiter would pin a server connection, they queue in arrival order and the next
+  in line tries NOWAIT (:mod:`orion_sql.lock_queue`). The server drops the lock
+  with a dead holder's connection. A holder whose connection dropped has lost the lock: it saves its
   state only if, once it holds the lock again, nobody changed the state meanwhile,
   and otherwise logs an error and drops it (Oríon would crash on an exception
   there, in ``observe``).
 - :class:`~orion_sql.lease_lock.LeaseLock` (SQLite, which has no row locks): a
   flag, a holder and a heartbeat; a holder that died on this host is replaced at
-  once, waiters are served in arrival order (see :mod:`orion_sql.lease_lock`).
+  once, waiters queue as behind a pooler (see :mod:`orion_sql.lease_lock`).
 
 On success the new algorithm state is saved as the lock is released; on an
 exception inside the block the stored state is left as it was.
@@ -20,9 +21,9 @@ exception inside the block the stored state is left as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import pickle
-import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -34,17 +35,10 @@ from sqlalchemy.exc import DBAPIError
 from orion_sql.database import Database, RetryEpisode, first_line
 from orion_sql.dialects import ErrorKind
 from orion_sql.dialects.base import BEHIND_POOLER
+from orion_sql.lock_queue import NEXT_IN_LINE_POLL_SECONDS, LockQueue, new_owner
 from orion_sql.models import AlgoLockRow, algo_locks
 
 log = logging.getLogger(__name__)
-
-# Pauses between NOWAIT attempts: a waiter that just came polls every 200 ms, one that
-# has waited 10 s or more every 20 ms, so that the oldest waiters mostly win and none
-# starves (polling waiters do not queue on the row lock as blocked ones do), while
-# many waiters do not flood the pooler with attempts.
-NEWCOMER_POLL_SECONDS = 0.2
-OLDEST_POLL_SECONDS = 0.02
-AGING_SECONDS = 10.0
 
 
 def locked_state(row, locked: bool) -> LockedAlgorithmState:
@@ -52,7 +46,6 @@ def locked_state(row, locked: bool) -> LockedAlgorithmState:
     locked_state = LockedAlgorithmState(state=state, configuration=row.configuration, locked=locked)
     locked_state.heartbeat = row.heartbeat  # Oríon 0.2.8 has it as an argument; 0.2.7 has none
     return locked_state
-
 
 
 def this_lock(experiment_id):
@@ -90,6 +83,10 @@ class AlgorithmLock:
 
 class RowLock(AlgorithmLock):
     """The lock is the row lock held by the holder's transaction (PostgreSQL)."""
+
+    def __init__(self, database: Database, expiry: float):
+        super().__init__(database)
+        self.expiry = expiry  # for waiters queued behind a pooler: a silent one is struck off
 
     def info(self, experiment_id):
         def read(conn: Connection):
@@ -144,10 +141,11 @@ class RowLock(AlgorithmLock):
         otherwise drop it, and say so."""
         lost = f"lost the connection holding the algorithm lock of experiment {experiment_id!r} ({first_line(error)})"
         try:
-            transaction, conn, row = self._take(experiment_id, self.database.settings.retry_time, OLDEST_POLL_SECONDS)
+            retaken = self._take(experiment_id, self.database.settings.retry_time, NEXT_IN_LINE_POLL_SECONDS)
         except LockAcquisitionTimeout as retaking:
             log.error("%s; this holder's algorithm state was not saved (%s)", lost, retaking)
             return
+        transaction, conn, row = retaken
         with transaction:
             if row.state != read:
                 log.error("%s; another worker changed the algorithm state since: this holder's was not saved", lost)
@@ -162,52 +160,88 @@ class RowLock(AlgorithmLock):
 
         Waiters block on the row lock (a lock timeout of what is left of `timeout`);
         behind a pooler (found at connect, or said by ``pool_mode``), or with no
-        `timeout`, they try NOWAIT repeatedly instead, so that none pins a pooled
-        server connection. A lost or refused connection is retried within `timeout`.
+        `timeout`, they queue instead (:mod:`orion_sql.lock_queue`) and the next in
+        line tries NOWAIT, so that none pins a pooled server connection. A lost or
+        refused connection is retried within `timeout`.
         """
         deadline = time.monotonic() + timeout
         reconnecting = RetryEpisode(timeout)
-        started = time.monotonic()
         while True:
-            transaction, conn, polling = contextlib.ExitStack(), None, timeout <= 0
-            try:
-                conn = transaction.enter_context(self.database.transaction(write=True))
-                statement = select(algo_locks).where(this_lock(experiment_id))
-                polling = polling or conn.info.get(BEHIND_POOLER, False)
-                if polling:
-                    statement = statement.with_for_update(nowait=True)
-                else:
-                    self.database.dialect.set_lock_timeout(conn, max(deadline - time.monotonic(), 0.001))
-                    statement = statement.with_for_update()
-                row = conn.execute(statement).first()
-                if row is None:
-                    raise self.missing(experiment_id)
-                return transaction, conn, row
-            except BaseException as raised:
-                _end(transaction, raised)
-                if not isinstance(raised, DBAPIError):
-                    raise
-                error = raised
-                kind = self.database.dialect.classify(error, connecting=conn is None)
-            remaining = deadline - time.monotonic()
-            if kind is ErrorKind.LOCK_NOT_AVAILABLE and polling and remaining > 0:
-                age = min((time.monotonic() - started) / AGING_SECONDS, 1.0)
-                pause = NEWCOMER_POLL_SECONDS - age * (NEWCOMER_POLL_SECONDS - OLDEST_POLL_SECONDS)
-                time.sleep(min(pause * random.uniform(0.8, 1.2), retry_interval, remaining))
-                continue
-            if kind is ErrorKind.LOCK_NOT_AVAILABLE:
+            attempt = self._attempt(experiment_id, None if timeout <= 0 else deadline)
+            if attempt.taken is not None:
+                return attempt.taken
+            if attempt.kind is not ErrorKind.LOCK_NOT_AVAILABLE:
+                self._recover(attempt, experiment_id, timeout, reconnecting)
+            elif attempt.polling:
+                return self._queue(experiment_id, deadline, timeout, retry_interval, reconnecting)
+            else:
                 raise LockAcquisitionTimeout(
                     f"algorithm lock of experiment {experiment_id!r} still held after {timeout}s"
-                ) from None
-            if kind not in (ErrorKind.TRANSIENT, ErrorKind.UNAVAILABLE, ErrorKind.DISCONNECT):
-                raise error
-            try:
-                reconnecting.pause(kind, error)
-            except DBAPIError:
-                raise LockAcquisitionTimeout(
-                    f"algorithm lock of experiment {experiment_id!r}: database unreachable for {timeout}s "
-                    f"({first_line(error)})"
-                ) from error
+                )
+
+    def _queue(self, experiment_id, deadline: float, timeout: float, retry_interval: float, reconnecting):
+        """Wait in the experiment's queue; the next in line tries NOWAIT until it holds the row."""
+
+        def take():
+            attempt = self._attempt(experiment_id, None)
+            if attempt.taken is None and attempt.kind is not ErrorKind.LOCK_NOT_AVAILABLE:
+                self._recover(attempt, experiment_id, timeout, reconnecting)
+            return attempt.taken
+
+        queue: LockQueue = LockQueue(
+            self.database, experiment_id, new_owner(), self.expiry, lambda: self.missing(experiment_id)
+        )
+        return queue.wait(take, deadline, timeout, retry_interval)
+
+    def _attempt(self, experiment_id, deadline: float | None) -> _Attempt:
+        """One try at the lock row: blocking until `deadline`, or NOWAIT when `deadline`
+        is None or a pooler serves the connection."""
+        transaction, conn = contextlib.ExitStack(), None
+        polling = deadline is None
+        try:
+            conn = transaction.enter_context(self.database.transaction(write=True))
+            statement = select(algo_locks).where(this_lock(experiment_id))
+            polling = polling or conn.info.get(BEHIND_POOLER, False)
+            # NO KEY UPDATE: queued waiters insert tickets referencing this row (a KEY SHARE
+            # lock), which a plain FOR UPDATE would block until the holder commits.
+            if polling or deadline is None:
+                statement = statement.with_for_update(nowait=True, key_share=True)
+            else:
+                self.database.dialect.set_lock_timeout(conn, max(deadline - time.monotonic(), 0.001))
+                statement = statement.with_for_update(key_share=True)
+            row = conn.execute(statement).first()
+            if row is None:
+                raise self.missing(experiment_id)
+            return _Attempt(polling, taken=(transaction, conn, row))
+        except BaseException as raised:
+            _end(transaction, raised)
+            if not isinstance(raised, DBAPIError):
+                raise
+            kind = self.database.dialect.classify(raised, connecting=conn is None)
+            return _Attempt(polling, kind=kind, error=raised)
+
+    def _recover(self, attempt: _Attempt, experiment_id, timeout: float, reconnecting: RetryEpisode) -> None:
+        """Pause before another try after a lost or refused connection; raise anything else."""
+        assert attempt.error is not None
+        if attempt.kind not in (ErrorKind.TRANSIENT, ErrorKind.UNAVAILABLE, ErrorKind.DISCONNECT):
+            raise attempt.error
+        try:
+            reconnecting.pause(attempt.kind, attempt.error)
+        except DBAPIError:
+            raise LockAcquisitionTimeout(
+                f"algorithm lock of experiment {experiment_id!r}: database unreachable for {timeout}s "
+                f"({first_line(attempt.error)})"
+            ) from attempt.error
+
+
+@dataclasses.dataclass
+class _Attempt:
+    """What one try at the lock row gave: the lock, or the failure and its kind."""
+
+    polling: bool
+    taken: tuple[contextlib.ExitStack, Connection, Any] | None = None
+    kind: ErrorKind | None = None
+    error: DBAPIError | None = None
 
 
 def _end(transaction: contextlib.ExitStack, error: BaseException) -> None:

@@ -24,7 +24,7 @@ def algorithm_lock(database: Database, expiry: float) -> AlgorithmLock:
     """The lock strategy that suits the database: the row lock where the database has
     row locks, else the lease (see :mod:`orion_sql.algo_lock`)."""
     if database.dialect.has_row_locks:
-        return RowLock(database)
+        return RowLock(database, expiry)
     return LeaseLock(database, expiry)
 
 
