@@ -1,7 +1,8 @@
 """Import: legacy documents into an orion_sql database, in ONE transaction.
 
 Any error leaves the database as it was (an empty one included: its schema is
-created inside the same transaction). The rules:
+created inside the same transaction; on MariaDB, whose DDL commits by itself, the
+schema created for a failed import is removed again). The rules:
 
 - Experiments are matched by (name, version), benchmarks by name. The unit is the
   experiment as a whole: its document, its trials and its algorithm (configuration
@@ -32,7 +33,7 @@ from orion_sql.database import Database
 from orion_sql.legacy_db import LegacyDocuments
 from orion_sql.models import PARAM_TYPES, RESULT_TYPES, algo_locks, benchmarks, experiments, trials
 from orion_sql.rows import VALUE_TABLES
-from orion_sql.schema import initialise_if_empty
+from orion_sql.schema import SchemaState, initialise_if_empty, remove_schema
 from orion_sql.transfer import NO_PROGRESS, Progress, Summary, TransferError, experiment_trials
 
 # Trials inserted per round of statements: bounds memory and paces the progress bar.
@@ -57,13 +58,22 @@ def import_documents(
 ) -> Summary:
     """Copy legacy `documents` into `database` in one transaction (see the module docstring)."""
     source = _Source(documents)
-    with database.transaction(write=True) as conn:
-        # Created inside the import's transaction, a failed import leaves even an empty database as it was.
-        initialise_if_empty(database, conn).check()
-        with progress(total=len(source.experiments), desc="experiments", unit="exp") as experiments_bar, progress(
-            total=source.trial_count, desc="trials", unit="trial"
-        ) as trials_bar:
-            return _Import(conn, source, overwrite, experiments_bar, trials_bar).run()
+    created = False
+    try:
+        with database.transaction(write=True) as conn:
+            # Created inside the import's transaction, a failed import leaves even an empty database as it was.
+            status = initialise_if_empty(database, conn)
+            status.check()
+            created = status.state is SchemaState.EMPTY
+            with progress(total=len(source.experiments), desc="experiments", unit="exp") as experiments_bar, progress(
+                total=source.trial_count, desc="trials", unit="trial"
+            ) as trials_bar:
+                return _Import(conn, source, overwrite, experiments_bar, trials_bar).run()
+    except BaseException:
+        # MariaDB commits DDL by itself: the schema created for a failed import is removed.
+        if created and not database.dialect.transactional_ddl:
+            remove_schema(database)
+        raise
 
 
 class _Source:

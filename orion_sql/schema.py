@@ -18,7 +18,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from orion.core.io.database import DatabaseError, OutdatedDatabaseError
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
 from orion_sql.database import Database
@@ -165,6 +165,22 @@ def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str
 def downgrade(database: Database, revision: str) -> tuple[str | None, str | None]:
     """Undo the revisions down to `revision` ("base": none left); returns before and after."""
     return migrate(database, lambda config: command.downgrade(config, revision))
+
+
+def remove_schema(database: Database) -> None:
+    """Undo every revision and drop the version table: the database holds no orion_sql
+    schema afterwards (what a failed import leaves where DDL is not transactional).
+
+    Only where the revisions' operations skip what is already gone (MariaDB, see
+    orion_sql.resumable): the version table may name an older revision than the objects
+    left (its last stamp was rolled back with the failed work), so every revision is
+    undone from head."""
+    if database.dialect.transactional_ddl:
+        raise RuntimeError("remove_schema is for databases whose DDL is not transactional")
+    migrate(database, lambda config: command.stamp(config, "head", purge=True))
+    downgrade(database, "base")
+    with database.transaction(write=True) as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
 
 
 def ensure_schema(database: Database) -> None:

@@ -12,7 +12,20 @@ from collections.abc import Callable
 from typing import Any
 
 from orion.core.worker.trial import Trial
-from sqlalchemy import Connection, Text, bindparam, cast, delete, func, insert, literal, select, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.sql import CompoundSelect, Update
 
 from orion_sql import fencing, mapping
@@ -89,12 +102,11 @@ def completion(dialect: Dialect) -> Complete:
             return conn.execute(returning_id, binds).scalar()
 
     else:
-        # MariaDB: the UPDATE hands the row's id back as LAST_INSERT_ID(id), in its reply.
-        reporting_id = set_trial.values(id=func.last_insert_id(TrialRow.id))
+        reporting_id = set_trial.values(id=_reported_id())
 
         def updated_id(conn: Connection, binds: dict) -> int | None:
             result = conn.execute(reporting_id, binds)
-            return result.lastrowid if result.rowcount else None
+            return _reported(result)
 
     def update_then_replace(conn: Connection, trial: Trial) -> int | None:
         binds, new_results = _completion_binds(trial)
@@ -255,6 +267,21 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
     return reserve_and_read
 
 
+# LAST_INSERT_ID is unsigned: ids (32-bit, negative ones included) travel shifted by 2**31.
+_ID_SHIFT = 2**31
+
+
+def _reported_id():
+    """Where UPDATE returns nothing (MariaDB): the value to set ``id`` to (itself) so that
+    the UPDATE hands the row's id back in its reply, as LAST_INSERT_ID (see :func:`_reported`)."""
+    return cast(func.last_insert_id(TrialRow.id + _ID_SHIFT), BigInteger) - _ID_SHIFT
+
+
+def _reported(result) -> int | None:
+    """The id an UPDATE setting :func:`_reported_id` matched, None if it matched none."""
+    return result.lastrowid - _ID_SHIFT if result.rowcount else None
+
+
 # A status change: (connection, binds) -> the trial's new start time in a row, None if
 # the trial was not in the expected status.
 StatusChange = Callable[[Connection, dict], Any | None]
@@ -273,15 +300,15 @@ def status_change(dialect: Dialect, trial_clause, was: str, status: str, heartbe
     if dialect.update_returning:
         returning = change.returning(TrialRow.start_time)
         return lambda conn, binds: conn.execute(returning, binds).first()
-    # MariaDB: the row's id comes back as LAST_INSERT_ID(id), then its start time.
-    change = change.values(id=func.last_insert_id(TrialRow.id))
+    # MariaDB: the row's id comes back in the UPDATE's reply, then its start time is read.
+    change = change.values(id=_reported_id())
     start_time = select(TrialRow.start_time).where(TrialRow.id == bindparam("trial"))
 
     def change_then_read(conn: Connection, binds: dict):
-        result = conn.execute(change, binds)
-        if not result.rowcount:
+        trial_id = _reported(conn.execute(change, binds))
+        if trial_id is None:
             return None
-        return conn.execute(start_time, {"trial": result.lastrowid}).first()
+        return conn.execute(start_time, {"trial": trial_id}).first()
 
     return change_then_read
 

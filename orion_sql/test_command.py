@@ -19,7 +19,8 @@ DESCRIPTION = (
     "Check that the database the sql storage would use is reachable and usable, before launching "
     "workers: the URL, the connection, the schema's revision, reading and writing (inside a "
     "transaction that is rolled back: nothing is left behind), the server's clock, and what the "
-    "database itself needs (PostgreSQL: a pooler in front, room for workers; SQLite: WAL, a local file system)."
+    "database itself needs (PostgreSQL: a pooler in front, room for workers; SQLite: WAL, a local file "
+    "system; MariaDB: a scratch database for the write check while the schema does not exist yet)."
 )
 _MARKS = {Outcome.PASS: "pass", Outcome.WARN: "WARN", Outcome.FAIL: "FAIL", Outcome.SKIP: "skip"}
 

@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL
 
 from orion_sql.checks.base import Check, CheckFailed, DialectChecks, Outcome, Probe, Result
 from orion_sql.checks.common import COMMON_CHECKS, GENERIC, first_line
+from orion_sql.checks.mariadb import MARIADB
 from orion_sql.checks.postgresql import POSTGRESQL
 from orion_sql.checks.sqlite import SQLITE
 
@@ -20,7 +21,12 @@ __all__ = ["BY_BACKEND", "Outcome", "Result", "run_checks"]
 
 log = logging.getLogger(__name__)
 
-BY_BACKEND: dict[str, DialectChecks] = {"postgresql": POSTGRESQL, "sqlite": SQLITE}
+BY_BACKEND: dict[str, DialectChecks] = {
+    "postgresql": POSTGRESQL,
+    "sqlite": SQLITE,
+    "mariadb": MARIADB,
+    "mysql": MARIADB,
+}
 
 
 def run_checks(configured: Callable[[], URL], until: str | None = None) -> list[Result]:

@@ -45,6 +45,8 @@ class Dialect(abc.ABC):
     has_row_locks: bool
     # Whether a statement may write inside WITH (then select what it wrote): see statements.
     writes_in_with: bool = False
+    # Whether DDL runs inside transactions (MariaDB commits each DDL statement by itself).
+    transactional_ddl: bool = True
     # Whether UPDATE ... RETURNING exists (MariaDB returns rows from INSERT and DELETE only).
     update_returning: bool = True
     # Whether revision 0003's change stamps serve a trial cache (see orion_sql.trial_cache).

@@ -87,6 +87,7 @@ class MariaDBDialect(Dialect):
     product = "MariaDB"
     has_row_locks = True
     update_returning = False
+    transactional_ddl = False
     tracks_trial_changes = False
 
     def __init__(self, url: URL | None = None):

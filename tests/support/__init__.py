@@ -5,10 +5,6 @@ DIALECTS = ["sqlite", "postgresql", "mariadb"]
 # Test modules whose MariaDB runs are skipped until that stage of issue 14 lands
 # (module -> the stage), each with the reason printed by `pytest -ra`.
 MARIADB_PENDING = {
-    name: "stage 2: migrations, analytics, transfer, cli"
-    for name in ("test_cli", "test_transfer", "test_test_command",
-                 "test_setup_command", "test_wheel", "test_orion_db_upgrade", "test_orion_sql_setup")
-} | {
     name: "stage 3: concurrency, lock handover, Oríon runs"
     for name in ("test_concurrency", "test_lock_handover", "test_fleet", "test_fencing", "test_clock",
                  "test_trial_cache", "test_reservation_plan", "test_query", "test_location",
