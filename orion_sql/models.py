@@ -236,7 +236,7 @@ class AlgoLockRow(Base):
 
 
 class AlgoLockWaiterRow(Base):
-    """One process waiting for an experiment's algorithm lock on SQLite, by arrival.
+    """One process waiting for an experiment's algorithm lock (SQLite, behind a pooler), by arrival.
 
     The lowest live ticket takes the lock next, so no waiter starves; a waiter whose
     process died (same host: its pid is gone) or fell silent is struck off the queue.
