@@ -45,6 +45,14 @@ def _queued_waiters(storage: SQL, experiment_id) -> int:
     if storage._db.dialect.name == "sqlite":
         statement = sa.text("SELECT count(*) FROM algo_lock_waiters WHERE experiment_id = :id")
         params = {"id": experiment_id}
+    elif storage._db.dialect.name == "mariadb":
+        # A waiter blocks in the optimizer's row read ("Statistics"), before InnoDB lists
+        # its transaction as waiting: its statement is what shows it.
+        statement = sa.text(
+            "SELECT count(*) FROM information_schema.processlist WHERE db = DATABASE() AND command = 'Query'"
+            " AND info LIKE '%FROM algo_locks%FOR UPDATE%' AND id <> CONNECTION_ID()"
+        )
+        params = {}
     else:
         statement = sa.text(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
@@ -91,6 +99,11 @@ FAILING_SAVE = {
         "CREATE FUNCTION no_space() RETURNS trigger LANGUAGE plpgsql"
         " AS $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$",
         "CREATE TRIGGER no_space BEFORE UPDATE OF state ON algo_locks FOR EACH ROW EXECUTE FUNCTION no_space()",
+    ],
+    "mariadb": [
+        "CREATE TRIGGER no_space BEFORE UPDATE ON algo_locks FOR EACH ROW"
+        " IF NOT (NEW.state <=> OLD.state) THEN"
+        " SIGNAL SQLSTATE 'HY000' SET MESSAGE_TEXT = 'No space left on device'; END IF"
     ],
 }
 
