@@ -137,7 +137,11 @@ def _burn(stop) -> None:
         sum(i * i for i in range(10_000))
 
 
+# MariaDB's algorithm lock is PostgreSQL's (a row lock held by the holder's transaction,
+# orion_sql.algo_lock.RowLock): its stress scenario runs in test_concurrency, and beside
+# burners it took 5.5 minutes on a loaded 2-core machine (the suite's budget is 15).
 @pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_orion_stress_scenario_beside_cpu_burning_processes(database_url):
     stop = CONTEXT.Event()
     burners = [CONTEXT.Process(target=_burn, args=(stop,), daemon=True) for _ in range(BURNERS)]

@@ -9,5 +9,5 @@ MARIADB_PENDING = {
     for name in ("test_fleet", "test_fencing", "test_clock",
                  "test_trial_cache", "test_reservation_plan", "test_query", "test_location",
                  "test_configuration_errors", "test_orion_run", "test_orion_api", "test_orion_benchmark",
-                 "test_orion_db", "test_orion_evc", "test_orion_hunt", "test_orion_limits", "test_orion_serve")
+                 "test_orion_limits", "test_orion_serve")
 }
