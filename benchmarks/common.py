@@ -24,6 +24,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 SERVER = os.environ.get("ORION_SQL_BENCH_SERVER", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+MARIADB_SERVER = os.environ.get("ORION_SQL_BENCH_MARIADB", "mariadb+pymysql://root@127.0.0.1:3306/")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Children are forked from a clean server process that imported the script and Oríon
 # once: each child builds its own storage, and starts in milliseconds.
@@ -55,6 +56,24 @@ def fresh_postgresql() -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def fresh_mariadb() -> Iterator[str]:
+    """The URL of a new, empty MariaDB database, dropped afterwards."""
+    import pymysql
+
+    server = make_url(MARIADB_SERVER)
+    name = f"orion_sql_bench_{os.getpid()}_{next(_databases)}"
+    admin = {"host": server.host, "port": server.port or 3306, "user": server.username,
+             "password": server.password or ""}
+    with pymysql.connect(autocommit=True, **admin) as conn, conn.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with pymysql.connect(autocommit=True, **admin) as conn, conn.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 @contextlib.contextmanager

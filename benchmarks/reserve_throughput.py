@@ -4,38 +4,47 @@ Every worker loops: reserve the oldest pending trial, then complete it with an
 objective (what Oríon's ``observe`` writes), until the time is up or nothing is
 pending. Measured for 1, 2, 4 and 8 worker processes on:
 
-- sql-postgresql, sql-sqlite: the ``sql`` storage (``reserve_trial``, ``push_trial_results``);
+- sql-postgresql, sql-sqlite, sql-mariadb: the ``sql`` storage (``reserve_trial``,
+  ``push_trial_results``);
 - raw-psycopg: the ceiling, a minimal psycopg loop doing the same work on the same
   PostgreSQL tables (one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED)
   RETURNING``, the params read, the completion and its result in one transaction);
+- raw-pymysql: MariaDB's ceiling, a minimal PyMySQL loop on the same MariaDB tables
+  (``SELECT ... FOR UPDATE SKIP LOCKED`` and the UPDATE in one transaction, as MariaDB
+  has no UPDATE ... RETURNING; the params read; the completion and its result);
 - pickleddb: Oríon's legacy storage on PickledDB, what users have today.
 
 Each configuration starts from the same data: a fresh experiment of `--trials`
 pending trials with two params each. Goal (issue 3): at 4 workers, the sql storage
-on PostgreSQL does at least half of raw-psycopg's rate and 20 times PickledDB's.
+on PostgreSQL does at least half of raw-psycopg's rate and 20 times PickledDB's;
+(issue 14) on MariaDB at least half of raw-pymysql's.
 
-    python benchmarks/reserve_throughput.py [--quick]
+    python benchmarks/reserve_throughput.py [--quick] [--backends sql-mariadb,raw-pymysql]
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import sys
 import time
 
 import common
 import psycopg
+import pymysql
 from orion.algo.space import Space
 from orion.core.worker.experiment import Experiment
 from orion.core.worker.trial import Trial
 from orion.storage.legacy import Legacy
 from sqlalchemy import insert, select
+from sqlalchemy.engine import make_url
 from tabulate import tabulate
 
 from orion_sql import SQL
 from orion_sql.models import ParamRow, TrialRow
 
 WORKERS = [1, 2, 4, 8]
-BACKENDS = ["sql-postgresql", "sql-sqlite", "raw-psycopg", "pickleddb"]
+BACKENDS = ["sql-postgresql", "sql-sqlite", "raw-psycopg", "pickleddb", "sql-mariadb", "raw-pymysql"]
 SUBMITTED = datetime.datetime(2024, 1, 31, 12, 0, 0)
 
 RAW_RESERVE = """
@@ -50,6 +59,16 @@ RAW_RESULT = (
     "INSERT INTO results (trial_id, position, name, type, value, numeric_value)"
     " VALUES (%s, 0, 'objective', 'objective', %s, %s)"
 )
+
+
+RAW_MARIADB_PICK = (
+    "SELECT id FROM trials WHERE experiment_id = %s AND status = 'new' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+)
+RAW_MARIADB_RESERVE = (
+    "UPDATE trials SET status = 'reserved', start_time = UTC_TIMESTAMP(6), heartbeat = UTC_TIMESTAMP(6)"
+    " WHERE id = %s"
+)
+RAW_MARIADB_COMPLETE = "UPDATE trials SET status = 'completed', end_time = UTC_TIMESTAMP(6) WHERE id = %s"
 
 
 def pending_trials(experiment_id, count: int) -> list[Trial]:
@@ -138,11 +157,41 @@ def raw_worker(barrier, backend: str, location: str, experiment_id, seconds: flo
     return pairs
 
 
+def raw_mariadb_worker(barrier, backend: str, location: str, experiment_id, seconds: float) -> int:
+    """The same work in a minimal PyMySQL loop (READ COMMITTED, as the storage); returns pairs done."""
+    url = make_url(location)
+    conn = pymysql.connect(host=url.host, port=url.port or 3306, user=url.username, password=url.password or "",
+                           database=url.database, autocommit=False)
+    with conn, conn.cursor() as cursor:
+        cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        barrier.wait()
+        deadline, pairs = time.perf_counter() + seconds, 0
+        while time.perf_counter() < deadline:
+            cursor.execute(RAW_MARIADB_PICK, (experiment_id,))
+            row = cursor.fetchone()
+            if row is None:
+                conn.commit()
+                break
+            cursor.execute(RAW_MARIADB_RESERVE, row)
+            cursor.execute(RAW_PARAMS, row)
+            params = {name: json.loads(value) for name, _, value in cursor.fetchall()}
+            conn.commit()
+            objective = params["/lr"]
+            cursor.execute(RAW_MARIADB_COMPLETE, row)
+            cursor.execute(RAW_RESULT, (row[0], json.dumps(objective), objective))
+            conn.commit()
+            pairs += 1
+    return pairs
+
+
+RAW_WORKERS = {"raw-psycopg": raw_worker, "raw-pymysql": raw_mariadb_worker}
+
+
 def measure(backend: str, location: str, trials: int, seconds: float) -> dict[int, float]:
     """Pairs per second for each worker count, each on a fresh experiment."""
-    storage = open_storage("sql" if backend == "raw-psycopg" else backend, location)
+    storage = open_storage("sql" if backend in RAW_WORKERS else backend, location)
     fill = fill_pickleddb if backend == "pickleddb" else fill_sql
-    worker = raw_worker if backend == "raw-psycopg" else protocol_worker
+    worker = RAW_WORKERS.get(backend, protocol_worker)
     rates = {}
     for count in WORKERS:
         experiment_id = fill(storage, f"{backend}-{count}", trials)
@@ -152,34 +201,50 @@ def measure(backend: str, location: str, trials: int, seconds: float) -> dict[in
     return rates
 
 
+# Ratios printed when both of their backends ran: (name, numerator, denominator, goal at 4 workers).
+RATIOS = [
+    ("sql-pg / raw", "sql-postgresql", "raw-psycopg", 0.5),
+    ("sql-pg / pickleddb", "sql-postgresql", "pickleddb", 20),
+    ("sql-sqlite / pickleddb", "sql-sqlite", "pickleddb", None),
+    ("sql-mariadb / raw", "sql-mariadb", "raw-pymysql", 0.5),
+]
+
+
 def main() -> None:
-    args = common.arguments(__doc__.splitlines()[0])
+    args = common.arguments(
+        __doc__.splitlines()[0],
+        ("--backends", {"default": ",".join(BACKENDS), "help": f"comma-separated, of {', '.join(BACKENDS)}"}),
+    )
+    backends = [backend for backend in BACKENDS if backend in args.backends.split(",")]
     trials, seconds = (1500, 1.5) if args.quick else (4000, 4.0)
     rates = {}
-    with common.fresh_postgresql() as postgresql, common.fresh_folder() as folder:
-        SQL(uri=postgresql)  # the schema, created once for both PostgreSQL loops
-        locations = {
-            "sql-postgresql": postgresql,
-            "raw-psycopg": postgresql,
-            "sql-sqlite": f"sqlite:///{folder}/bench.sqlite",
-            "pickleddb": f"{folder}/bench.pkl",
-        }
-        for backend in BACKENDS:
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(common.fresh_folder())
+        locations = {"sql-sqlite": f"sqlite:///{folder}/bench.sqlite", "pickleddb": f"{folder}/bench.pkl"}
+        if {"sql-postgresql", "raw-psycopg"} & set(backends):
+            postgresql = stack.enter_context(common.fresh_postgresql())
+            SQL(uri=postgresql)  # the schema, created once for both PostgreSQL loops
+            locations.update({"sql-postgresql": postgresql, "raw-psycopg": postgresql})
+        if {"sql-mariadb", "raw-pymysql"} & set(backends):
+            mariadb = stack.enter_context(common.fresh_mariadb())
+            SQL(uri=mariadb).close()  # likewise for MariaDB
+            locations.update({"sql-mariadb": mariadb, "raw-pymysql": mariadb})
+        for backend in backends:
             rates[backend] = measure(backend, locations[backend], trials, seconds)
 
-    rows = []
-    for count in WORKERS:
-        sql_pg = rates["sql-postgresql"][count]
-        rows.append(
-            [count, *(rates[backend][count] for backend in BACKENDS),
-             sql_pg / rates["raw-psycopg"][count], sql_pg / rates["pickleddb"][count],
-             rates["sql-sqlite"][count] / rates["pickleddb"][count]]
-        )
-    headers = ["workers", *BACKENDS, "sql-pg / raw", "sql-pg / pickleddb", "sql-sqlite / pickleddb"]
+    ratios = [(name, top, bottom, goal) for name, top, bottom, goal in RATIOS if top in rates and bottom in rates]
+    rows = [
+        [count, *(rates[backend][count] for backend in backends),
+         *(rates[top][count] / rates[bottom][count] for _, top, bottom, _ in ratios)]
+        for count in WORKERS
+    ]
+    headers = ["workers", *backends, *(name for name, *_ in ratios)]
     print(f"\nReserve+complete pairs per second ({trials} pending trials, {seconds}s per run)")
     print(tabulate(rows, headers=headers, floatfmt=".1f"))
-    at4 = rows[WORKERS.index(4)]
-    print(f"\nGoal at 4 workers: sql-pg/raw >= 0.5 (got {at4[-3]:.2f}), sql-pg/pickleddb >= 20 (got {at4[-2]:.1f})")
+    for name, top, bottom, goal in ratios:
+        if goal is not None:
+            got = rates[top][4] / rates[bottom][4]
+            print(f"Goal at 4 workers: {name} >= {goal} (got {got:.2f})")
     note = common.machine_note()
     print(note)
     payload = {"trials": trials, "seconds": seconds, "rates": rates, "note": note}
