@@ -34,6 +34,8 @@ from support.documents import experiment_of, new_experiment
 SERVER_NOW = {
     "postgresql": text("SELECT timezone('UTC', clock_timestamp())::timestamp(6)::text"),
     "sqlite": text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"),
+    # SYSDATE, not UTC_TIMESTAMP: the time the function runs (the session is in UTC).
+    "mariadb": text("SELECT CAST(CONVERT_TZ(SYSDATE(6), @@session.time_zone, '+00:00') AS CHAR)"),
 }
 TIMESTAMP_LITERAL = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")
 

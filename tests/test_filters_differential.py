@@ -24,8 +24,8 @@ orion_sql must answer (a JSON value of another type matches nothing) or refuse.
 Known limitations and bugs outside the filter compiler, excluded explicitly:
 
 - Beyond 2**53, an integer and a float compare by the float's shortest decimal form on
-  PostgreSQL (jsonb keeps no int/float distinction), and an integer beyond 64 bits as
-  the nearest float on SQLite (``_imprecise_numbers``).
+  PostgreSQL (jsonb keeps no int/float distinction), an integer beyond 64 bits as
+  the nearest float on SQLite, and both as doubles on MariaDB (``_imprecise_numbers``).
 - Oríon's flatten loses values where a key repeats its parent's (``_without_repeated_keys``).
 - SQLite's JSON paths cannot name a key holding a double quote, nor MariaDB's one
   holding a double quote or a backslash: orion_sql refuses it there
@@ -295,6 +295,14 @@ def _as_sqlite_compares(value):
     return value
 
 
+def _as_mariadb_compares(value):
+    """A number as MariaDB compares JSON numbers here: as a double."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _imprecise_numbers(query, documents) -> bool:
     """Whether, in some clause, an integer meets a float that a database compares inexactly.
 
@@ -313,7 +321,7 @@ def _imprecise_numbers(query, documents) -> bool:
                     isinstance(value, int) or math.isfinite(value) for value in pair
                 ):
                     continue
-                for convert in (_as_postgresql_compares, _as_sqlite_compares):
+                for convert in (_as_postgresql_compares, _as_sqlite_compares, _as_mariadb_compares):
                     a, b = map(convert, pair)
                     if (a == b, a < b) != (pair[0] == pair[1], pair[0] < pair[1]):
                         return True

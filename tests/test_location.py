@@ -178,6 +178,8 @@ def _connection_id(storage):
     """What identifies this process's database connection (PostgreSQL: its server pid)."""
     if storage.database.dialect.has_row_locks:
         with storage.database.engine.connect() as conn:
+            if storage.database.dialect.name == "mariadb":
+                return conn.execute(select(func.connection_id())).scalar_one()
             return conn.execute(select(func.pg_backend_pid())).scalar_one()
     return None
 

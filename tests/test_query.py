@@ -122,6 +122,8 @@ def test_integers_and_floats_beyond_2_53_compare_exactly(storage, request):
     decimal (and no int/float distinction), so there the pair compares by that decimal."""
     if storage.database.dialect.name == "postgresql":
         request.applymarker(pytest.mark.xfail(strict=True, reason="jsonb loses exact floats (known limitation)"))
+    if storage.database.dialect.name == "mariadb":
+        request.applymarker(pytest.mark.xfail(strict=True, reason="MariaDB compares JSON numbers as doubles"))
     storage.create_experiment({"name": "big", "version": 1, "n": -(2**63), "m": 4611686018427389000})
     assert names(storage, {"n": float(-(2**63))}) == ["big"]  # equal in Python
     assert names(storage, {"m": 4.611686018427389e18}) == []  # 4611686018427388928.0 in Python
@@ -202,10 +204,14 @@ def test_ordering_needs_a_number_a_string_or_a_datetime(experiments):
 
 
 def test_keys_with_double_quotes(storage):
-    """PostgreSQL filters on any key; SQLite's JSON paths cannot name one with a double quote."""
-    storage.create_experiment({"name": "quoted", "version": 1, 'say "hi"': 1, "é x": 2})
+    """PostgreSQL filters on any key; SQLite's and MariaDB's JSON paths cannot name one
+    with a double quote (nor, on MariaDB, a backslash or a control character)."""
+    storage.create_experiment({"name": "quoted", "version": 1, 'say "hi"': 1, "é x": 2, "a\\b": 3})
     assert names(storage, {"é x": 2}) == ["quoted"]
-    if storage.database.dialect.name == "sqlite":
+    if storage.database.dialect.name == "mariadb":
+        with pytest.raises(ValueError, match="backslash"):
+            storage.fetch_experiments({"a\\b": 3})
+    if storage.database.dialect.name in ("sqlite", "mariadb"):
         with pytest.raises(ValueError, match="double quote"):
             storage.fetch_experiments({'say "hi"': 1})
     else:

@@ -6,8 +6,8 @@ DIALECTS = ["sqlite", "postgresql", "mariadb"]
 # (module -> the stage), each with the reason printed by `pytest -ra`.
 MARIADB_PENDING = {
     name: "stage 3: concurrency, lock handover, Oríon runs"
-    for name in ("test_fleet", "test_fencing", "test_clock",
-                 "test_trial_cache", "test_reservation_plan", "test_query", "test_location",
-                 "test_configuration_errors", "test_orion_run", "test_orion_api", "test_orion_benchmark",
+    for name in ("test_fleet",
+                 "test_trial_cache",
+                 "test_orion_run", "test_orion_api", "test_orion_benchmark",
                  "test_orion_limits", "test_orion_serve")
 }
