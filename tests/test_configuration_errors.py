@@ -31,9 +31,9 @@ def _mistakes(database_url: str) -> dict[str, tuple[dict, str]]:
     """{mistake: (storage config, what the message must say)} on the test's database."""
     url = make_url(database_url)
     one_slash = f"postgresql:/{url.host}/{url.database}" if url.host else f"sqlite:{url.database}"
-    typo = url.set(
-        drivername=url.drivername.replace("postgresql", "postgresq").replace("sqlite", "sqlit").replace("mariadb", "mariad")
-    )
+    misspelt = {"postgresql": "postgresq", "sqlite": "sqlit", "mariadb": "mariad"}
+    backend = url.get_backend_name()
+    typo = url.set(drivername=url.drivername.replace(backend, misspelt[backend]))
     return {
         "scheme typo": (
             {"uri": typo.render_as_string(hide_password=False)},
