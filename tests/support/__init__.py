@@ -7,7 +7,6 @@ DIALECTS = ["sqlite", "postgresql", "mariadb"]
 MARIADB_PENDING = {
     name: "stage 3: concurrency, lock handover, Oríon runs"
     for name in ("test_fleet",
-                 "test_trial_cache",
                  "test_orion_run", "test_orion_api", "test_orion_benchmark",
                  "test_orion_limits", "test_orion_serve")
 }
