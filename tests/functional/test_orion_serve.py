@@ -15,7 +15,7 @@ from orion.client import create_experiment
 
 pytestmark = [pytest.mark.functional, pytest.mark.slow]
 START_TIMEOUT_SECONDS = 120
-BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mariadb": "MariaDB"}
 
 
 def _free_port() -> int:
