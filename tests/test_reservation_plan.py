@@ -64,7 +64,7 @@ def crowded(database_url):
         ids[name] = config["_id"]
         fill(storage, config["_id"], count, completed)
     with storage.database.engine.connect() as conn:
-        conn.execute(text("ANALYZE"))
+        conn.execute(text("ANALYZE TABLE trials" if storage.database.dialect.name == "mariadb" else "ANALYZE"))
         conn.commit()
     yield storage, Experiment("crowded", Space(), version=1, _id=ids["crowded"], storage=storage)
     storage.close()
@@ -74,8 +74,11 @@ def reservation_statement(storage: SQL, experiment) -> tuple[str, object]:
     """The statement that reserve_trial sends, with its parameters (it really reserves one)."""
     sent = []
 
+    mariadb = storage.database.dialect.name == "mariadb"
+
     def capture(conn, cursor, statement, parameters, context, executemany):
-        if "UPDATE trials" in statement:  # alone, or inside WITH on PostgreSQL
+        # Alone, or inside WITH on PostgreSQL; MariaDB picks the row first, then updates it.
+        if ("SKIP LOCKED" in statement) if mariadb else ("UPDATE trials" in statement):
             sent.append((statement, parameters))
 
     event.listen(storage.database.engine, "before_cursor_execute", capture)
@@ -148,3 +151,24 @@ def test_sqlite_reserves_through_the_index(crowded):
     subquery = [detail for node_id, (_, detail) in details.items() if inside_subquery(node_id) and "trials" in detail]
     assert subquery and all(f"INDEX {INDEX}" in detail for detail in subquery), plan
     assert not [detail for _, detail in details.values() if detail.startswith("SCAN trials")], plan
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+def test_mariadb_reserves_through_the_index_reading_one_row_per_status(crowded):
+    """MariaDB picks the row (one locked probe per pending status) before its UPDATE:
+    ANALYZE runs that pick and reports the rows each probe read."""
+    storage, experiment = crowded
+    statement, parameters = reservation_statement(storage, experiment)
+    with storage.database.engine.connect() as conn:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute("ANALYZE " + statement, parameters)
+        columns = [column[0] for column in cursor.description]
+        plan = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+        conn.connection.dbapi_connection.rollback()
+    probes = [row for row in plan if row["table"] == "trials"]
+    assert len(probes) == len(PENDING_STATUSES), plan
+    for probe in probes:
+        assert (probe["type"], probe["key"]) == ("ref", INDEX), plan
+        assert "filesort" not in (probe["Extra"] or ""), plan
+        assert float(probe["r_rows"] or 0) <= 1, plan  # the oldest of its status, or none
