@@ -145,7 +145,13 @@ def _parse(text: str, source: str) -> URL:
             f"(supported: SQLite, PostgreSQL, MariaDB and MySQL); expected for example {EXAMPLE_URL!r} "
             f"or a path to a SQLite file"
         )
-    url = url.set(drivername=_DRIVERS[backend])
+    ours = _DRIVERS[backend]
+    if "+" in url.drivername and url.drivername.split("+", 1)[1] != ours.split("+", 1)[1]:
+        raise ConfigurationError(
+            f"{source}: {redact(url)!r} names the driver {url.get_driver_name()!r}, which the sql storage "
+            f"does not ship; write {backend}:// (or {ours}://) to use {ours.split('+', 1)[1]}"
+        )
+    url = url.set(drivername=ours)
     if backend != "sqlite":
         return url
     if url.database in (None, "", ":memory:"):
