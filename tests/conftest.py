@@ -35,7 +35,7 @@ from orion_sql.database import Database
 from orion_sql.location import sqlite_url
 from orion_sql.models import Base
 from orion_sql.schema import VERSION_TABLE, ensure_schema, head_revision
-from support import DIALECTS, MARIADB_PENDING
+from support import DIALECTS
 from support.mariadb import MARIADB, create_mariadb_database, drop_mariadb_database, mariadb_admin, mariadb_url
 
 PG: dict[str, Any] = {
@@ -153,11 +153,8 @@ def mariadb_session_database() -> Iterator[_MariaDBSessionDatabase]:
 
 
 @pytest.fixture
-def mariadb_url_fresh(request, mariadb_session_database) -> str:
+def mariadb_url_fresh(mariadb_session_database) -> str:
     """A fresh MariaDB database at head (emptied), as a URL."""
-    module = request.node.module.__name__.rsplit(".", 1)[-1]
-    if module in MARIADB_PENDING:
-        pytest.skip(f"MariaDB: {module} not yet run there (issue 14, {MARIADB_PENDING[module]})")
     return mariadb_session_database.fresh()
 
 
@@ -188,9 +185,6 @@ def empty_url(request, tmp_path) -> Iterator[str]:
         return
     if request.param == "mariadb":
         request.getfixturevalue("mariadb_session_database")
-        module = request.node.module.__name__.rsplit(".", 1)[-1]
-        if module in MARIADB_PENDING:
-            pytest.skip(f"MariaDB: {module} not yet run there (issue 14, {MARIADB_PENDING[module]})")
         name = f"orion_sql_empty_{os.getpid()}_{next(_empty_database_numbers)}"
         create_mariadb_database(name)
         yield mariadb_url(name)
