@@ -53,10 +53,14 @@ def this_lock(experiment_id):
 
 
 class AlgorithmLock:
-    """What both strategies share: reading the lock row, saving the state."""
+    """What both strategies share: reading the lock row, saving the state, the queue.
 
-    def __init__(self, database: Database):
+    `expiry`: how long a silent holder (SQLite) or a silent queued waiter keeps its place.
+    """
+
+    def __init__(self, database: Database, expiry: float):
         self.database = database
+        self.expiry = expiry
 
     def saved(self, state) -> dict:
         return {"state": pickle.dumps(state), "heartbeat": self.database.dialect.now()}
@@ -80,13 +84,13 @@ class AlgorithmLock:
     def missing(self, experiment_id) -> LockAcquisitionTimeout:
         return LockAcquisitionTimeout(f"experiment {experiment_id!r} has no algorithm lock")
 
+    def queue(self, experiment_id, owner: str) -> LockQueue:
+        """The experiment's waiters' queue, which `owner` joins to wait its turn."""
+        return LockQueue(self.database, experiment_id, owner, self.expiry, lambda: self.missing(experiment_id))
+
 
 class RowLock(AlgorithmLock):
-    """The lock is the row lock held by the holder's transaction (PostgreSQL)."""
-
-    def __init__(self, database: Database, expiry: float):
-        super().__init__(database)
-        self.expiry = expiry  # for waiters queued behind a pooler: a silent one is struck off
+    """The lock is the row lock held by the holder's transaction (PostgreSQL, MariaDB)."""
 
     def info(self, experiment_id):
         def read(conn: Connection):
@@ -159,9 +163,9 @@ class RowLock(AlgorithmLock):
         """An open transaction (closing it commits) holding the lock row, its connection, the row.
 
         Waiters block on the row lock (a lock timeout of what is left of `timeout`);
-        behind a pooler (found at connect, or said by ``pool_mode``), or with no
-        `timeout`, they queue instead (:mod:`orion_sql.lock_queue`) and the next in
-        line tries NOWAIT, so that none pins a pooled server connection. A lost or
+        behind a pooler (found at connect, or said by ``pool_mode``) they queue instead
+        (:mod:`orion_sql.lock_queue`) and the next in line tries NOWAIT, so that none
+        pins a pooled server connection. With no `timeout`, one NOWAIT try. A lost or
         refused connection is retried within `timeout`.
         """
         deadline = time.monotonic() + timeout
@@ -172,7 +176,7 @@ class RowLock(AlgorithmLock):
                 return attempt.taken
             if attempt.kind is not ErrorKind.LOCK_NOT_AVAILABLE:
                 self._recover(attempt, experiment_id, timeout, reconnecting)
-            elif attempt.polling:
+            elif attempt.polling and timeout > 0:
                 return self._queue(experiment_id, deadline, timeout, retry_interval, reconnecting)
             else:
                 raise LockAcquisitionTimeout(
@@ -188,10 +192,7 @@ class RowLock(AlgorithmLock):
                 self._recover(attempt, experiment_id, timeout, reconnecting)
             return attempt.taken
 
-        queue: LockQueue = LockQueue(
-            self.database, experiment_id, new_owner(), self.expiry, lambda: self.missing(experiment_id)
-        )
-        return queue.wait(take, deadline, timeout, retry_interval)
+        return self.queue(experiment_id, new_owner()).wait(take, deadline, timeout, retry_interval)
 
     def _attempt(self, experiment_id, deadline: float | None) -> _Attempt:
         """One try at the lock row: blocking until `deadline`, or NOWAIT when `deadline`

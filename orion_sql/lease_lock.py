@@ -21,8 +21,7 @@ from orion.storage.base import LockedAlgorithmState
 from sqlalchemy import Connection, and_, select, update
 
 from orion_sql.algo_lock import AlgorithmLock, locked_state, this_lock
-from orion_sql.database import Database
-from orion_sql.lock_queue import LockQueue, new_owner, process_is_gone, silent
+from orion_sql.lock_queue import new_owner, process_is_gone, silent
 from orion_sql.models import AlgoLockRow, algo_locks
 
 log = logging.getLogger(__name__)
@@ -30,10 +29,6 @@ log = logging.getLogger(__name__)
 
 class LeaseLock(AlgorithmLock):
     """A flag with an owner and a heartbeat, handed over in arrival order (SQLite)."""
-
-    def __init__(self, database: Database, expiry: float):
-        super().__init__(database)
-        self.expiry = expiry
 
     def _read(self, conn: Connection, experiment_id):
         """The lock row, with `held`: whether a live holder has it."""
@@ -64,11 +59,8 @@ class LeaseLock(AlgorithmLock):
     @contextlib.contextmanager
     def acquire(self, experiment_id, timeout, retry_interval) -> Iterator[LockedAlgorithmState]:
         owner = new_owner()
-        queue: LockQueue = LockQueue(
-            self.database, experiment_id, owner, self.expiry, lambda: self.missing(experiment_id)
-        )
         take = functools.partial(self._take_if_free, experiment_id, owner)
-        row = queue.wait(take, time.monotonic() + timeout, timeout, retry_interval)
+        row = self.queue(experiment_id, owner).wait(take, time.monotonic() + timeout, timeout, retry_interval)
         locked = locked_state(row, locked=True)
         heartbeat = _Heartbeat(self, experiment_id, owner)
         saved = False
