@@ -7,12 +7,16 @@ against another storage object and against a real forked process.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 from orion.core.io.database import DuplicateKeyError
 from orion.storage.base import LockAcquisitionTimeout, LockedAlgorithmState
 
+from orion_sql import SQL
+from orion_sql.models import algo_lock_waiters
 from support.documents import experiment_of, new_experiment, same_database
 
 STATE = {"rng": [3, [1, 2, 3], None], "suggested": 4, "best": 0.25}
@@ -149,3 +153,43 @@ def test_release_algorithm_lock(storage):
     else:
         assert (released, still_locked) == (1, False)
     assert other.get_algorithm_lock_info(uid=uid).locked is False
+
+
+def test_waiters_in_transaction_pooling_mode_queue_and_follow_the_holder(storage):
+    """orion_sql's own: with ``pool_mode="transaction"`` (as behind PgBouncer) a waiter
+    never blocks on the lock row: it queues, polls NOWAIT and takes the lock once freed;
+    with no timeout it tries once and leaves no ticket behind."""
+    uid = new_experiment(storage)["_id"]
+    pooled = SQL(uri=storage.database.url.render_as_string(hide_password=False), pool_mode="transaction")
+    tickets_written = []
+    sa.event.listen(
+        pooled.database.engine,
+        "before_cursor_execute",
+        lambda _conn, _cursor, statement, *_: tickets_written.append("algo_lock_waiters" in statement),
+    )
+    context = multiprocessing.get_context("fork")
+    held, finish = context.Event(), context.Event()
+    child = context.Process(target=_hold_lock, args=(storage, uid, held, finish))
+    child.start()
+    try:
+        assert held.wait(20), "child never took the lock"
+        started = time.monotonic()
+        with pytest.raises(LockAcquisitionTimeout):
+            with pooled.acquire_algorithm_lock(uid=uid, timeout=0):
+                pass  # pragma: no cover
+        assert time.monotonic() - started < 5
+        if storage.database.dialect.has_row_locks:
+            assert not any(tickets_written), "a waiter with no timeout joined the queue"
+        threading.Timer(0.5, finish.set).start()
+        with pooled.acquire_algorithm_lock(uid=uid, timeout=30, retry_interval=0.05) as locked:
+            assert locked.state == {"saved_by": "child"}
+            locked.set_state({"saved_by": "the pooled waiter"})
+    finally:
+        finish.set()
+        child.join(20)
+        pooled.close()
+    assert child.exitcode == 0
+    info = storage.get_algorithm_lock_info(uid=uid)
+    assert (info.state, info.locked) == ({"saved_by": "the pooled waiter"}, False)
+    with storage.database.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(algo_lock_waiters)).scalar_one() == 0
