@@ -1,8 +1,8 @@
-"""Many workers and a server that restarts, on a PostgreSQL of the test's own.
+"""Many workers and a server that restarts, on a PostgreSQL (and a MariaDB) of the test's own.
 
 1. Four Oríon workers (``workon``) ride out two restarts of their server, one of
-   them ``-m immediate`` (a crash): no worker fails, the experiment completes, and
-   no trial is lost, run twice or left reserved.
+   them a crash (PostgreSQL's ``-m immediate``, MariaDB's SIGKILL): no worker fails,
+   the experiment completes, and no trial is lost, run twice or left reserved.
 2. 64 Oríon worker processes (one trial each, a trivial objective: 2 cores) complete
    an experiment against ``max_connections = 100``, directly and through a PgBouncer
    in transaction pooling with 20 server connections; the peak of server connections
@@ -22,6 +22,7 @@ from orion.client import create_experiment
 from test_concurrency import collect_children, start_children
 
 from orion_sql import SQL
+from support.mariadb import OwnMariaDB
 from support.servers import OwnPostgreSQL, PeakConnections, PgBouncer
 
 RESTART_TRIALS = 60
@@ -37,11 +38,28 @@ def own_server():
         yield server
 
 
-@pytest.fixture
-def own_database(own_server) -> str:
-    url = own_server.create_database(f"fleet_{os.getpid()}_{next(_numbers)}")
+@pytest.fixture(scope="module")
+def own_mariadb():
+    with OwnMariaDB(max_connections=100) as server:
+        yield server
+
+
+def _new_database(server: OwnPostgreSQL | OwnMariaDB) -> str:
+    url = server.create_database(f"fleet_{os.getpid()}_{next(_numbers)}")
     SQL(uri=url).close()  # the schema, before the workers race for it
     return url
+
+
+@pytest.fixture
+def own_database(own_server) -> str:
+    return _new_database(own_server)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def restartable(request) -> tuple[OwnPostgreSQL | OwnMariaDB, str]:
+    """A server of the test's own, which it may restart, and a database at head on it."""
+    server = request.getfixturevalue("own_server" if request.param == "postgresql" else "own_mariadb")
+    return server, _new_database(server)
 
 
 def _slow_objective(x):
@@ -86,7 +104,8 @@ def _assert_complete(url: str, name: str, trials: int, completed_per_worker: lis
 
 
 @pytest.mark.slow
-def test_four_workers_ride_out_two_restarts_of_their_server(own_server, own_database):
+def test_four_workers_ride_out_two_restarts_of_their_server(restartable):
+    own_server, own_database = restartable
     storage = {"type": "sql", "uri": own_database}
     name = "restarts"
     processes, results = start_children(_orion_worker, [(storage, name, RESTART_TRIALS, _slow_objective)] * 4)
