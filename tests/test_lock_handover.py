@@ -6,6 +6,8 @@
 2. A failure while saving the state on release (a real database error, raised by
    a trigger) still frees the lock, and the stored state stays as it was.
 3. Oríon's stress scenario passes beside two processes burning the CPU.
+4. A holder whose connection the server cut saves its state only if nobody changed
+   the stored one meanwhile, and says so in the log.
 """
 
 from __future__ import annotations
@@ -153,3 +155,58 @@ def test_orion_stress_scenario_beside_cpu_burning_processes(database_url):
         stop.set()
         for burner in burners:
             burner.join(timeout=10)
+
+
+# The statement that cuts the one session holding a transaction open (the lock holder's)
+# from the server's side, and how to find that session.
+HOLDER_SESSIONS = {
+    "postgresql": "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    " AND state = 'idle in transaction'",
+    "mariadb": "SELECT trx_mysql_thread_id FROM information_schema.innodb_trx JOIN information_schema.processlist"
+    " ON id = trx_mysql_thread_id WHERE db = DATABASE() AND trx_lock_structs > 0 AND id <> CONNECTION_ID()",
+}
+CUT = {"postgresql": "SELECT pg_terminate_backend(:session)", "mariadb": "KILL CONNECTION {session}"}
+
+
+def _cut_the_holders_connection(storage: SQL) -> None:
+    """Terminate, on the server, the connection whose transaction holds the lock."""
+    dialect = storage._db.dialect.name
+    deadline = time.monotonic() + 10  # MariaDB refreshes innodb_trx every 0.1 s at most
+    with storage._db.engine.connect() as conn:
+        while not (sessions := conn.execute(sa.text(HOLDER_SESSIONS[dialect])).scalars().all()):
+            assert time.monotonic() < deadline, "the lock holder's session was not found"
+            time.sleep(0.05)
+        assert len(sessions) == 1, sessions
+        conn.execute(sa.text(CUT[dialect].format(session=int(sessions[0]))), {"session": sessions[0]})
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+@pytest.mark.parametrize("meanwhile", [None, {"saved by": "another holder"}])
+def test_a_holder_that_lost_its_connection_saves_only_a_state_nobody_changed(database_url, meanwhile, caplog):
+    """The server frees a holder's lock with its connection. On release the holder takes
+    the lock again and saves its state if the stored one is still what it read (as if
+    it had come after whoever held the lock meanwhile); else it drops its state and logs
+    an error, and never raises (Oríon's observe would crash)."""
+    storage, other = SQL(uri=database_url), SQL(uri=database_url)
+    experiment_id = new_experiment(storage, "cut-off")["_id"]
+    with storage.acquire_algorithm_lock(uid=experiment_id) as locked:
+        locked.set_state({"saved by": "the first holder"})
+
+    with storage.acquire_algorithm_lock(uid=experiment_id, timeout=5) as locked:
+        _cut_the_holders_connection(other)
+        if meanwhile is not None:
+            with other.acquire_algorithm_lock(uid=experiment_id, timeout=5) as taken:
+                assert taken.state == {"saved by": "the first holder"}
+                taken.set_state(meanwhile)
+        locked.set_state({"saved by": "the cut-off holder"})
+
+    info = storage.get_algorithm_lock_info(uid=experiment_id)
+    assert info.locked is False
+    lost = [record for record in caplog.records if "lost the connection holding the algorithm lock" in record.message]
+    assert len(lost) == 1, caplog.text
+    if meanwhile is None:
+        assert info.state == {"saved by": "the cut-off holder"}
+        assert lost[0].levelname == "WARNING" and "saved the state" in lost[0].message
+    else:
+        assert info.state == meanwhile
+        assert lost[0].levelname == "ERROR" and "was not saved" in lost[0].message
