@@ -213,7 +213,7 @@ def trial_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
                 checked_text(value, f"trial field {key!r}")
                 if key in ("id", "parent") and len(value) > 32:
                     raise ValueError(f"trial field {key!r} is a hash of at most 32 characters, got {value!r}")
-        if key in ("status", "experiment") and value is None:
+        if key in ("status", "experiment", "id") and value is None:
             raise ValueError(f"trial field {key!r} cannot be None")
         if key == "status":
             validate_status(value)

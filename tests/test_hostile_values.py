@@ -7,7 +7,7 @@ import itertools
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from orion.core.io.database import DuplicateKeyError
 from orion.core.worker.trial import Trial
@@ -117,6 +117,7 @@ def test_register_trial_params(storage, experiment, value, field):
     value=hostile_value,
     field=st.sampled_from(["worker", "exp_working_dir", "heartbeat", "submit_time", "status", "parent", "id", "_id"]),
 )
+@example(value=None, field="id")  # the hash column is NOT NULL: once a driver's error, drawn at random
 def test_update_trials(storage, experiment, value, field):
     trial = storage.register_trial(Trial(experiment=experiment["_id"], status="new",
                                          params=[{"name": "x", "type": "real", "value": next(_unique)}]))
