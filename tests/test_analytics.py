@@ -24,9 +24,8 @@ import pytest
 from alembic import command
 from orion.client import get_experiment
 from orion.core.worker.trial import Trial
-from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy import Engine, create_engine, inspect, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from orion_sql import SQL
@@ -34,7 +33,6 @@ from orion_sql.database import Database
 from orion_sql.location import sqlite_url
 from orion_sql.schema import VERSION_TABLE, alembic_config, current_revision, downgrade, head_revision, upgrade
 from support import DIALECTS, orion_fill
-from support.mariadb import create_mariadb_database, drop_mariadb_database, mariadb_url
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "analytics.md"
 BEFORE_VIEWS = "0001_initial"
@@ -144,25 +142,11 @@ def fresh_database(request, dialect: str, tmp_path_factory):
     if dialect == "sqlite":
         yield str(sqlite_url(str(tmp_path_factory.mktemp("analytics") / "orion.sqlite")))
         return
-    if dialect == "mariadb":
-        request.getfixturevalue("mariadb_session_database")  # skips when no MariaDB answers
-        name = f"orion_sql_analytics_{os.getpid()}"
-        create_mariadb_database(name)
-        yield mariadb_url(name)
-        drop_mariadb_database(name)
-        return
-    server = request.getfixturevalue("postgresql_server")
-    dbname = f"orion_sql_analytics_{os.getpid()}"
-    janitor = DatabaseJanitor(
-        user=server.user, host=server.host, port=server.port, dbname=dbname,
-        password=server.password or None, maintenance_dbname=server.maintenance_dbname,
-    )
-    janitor.drop()  # left over by an interrupted run of this same process id
-    with janitor:
-        yield URL.create(
-            "postgresql+psycopg", username=server.user, password=server.password or None,
-            host=server.host, port=server.port, database=dbname,
-        ).render_as_string(hide_password=False)
+    server = request.getfixturevalue(dialect)  # skips when no MariaDB answers
+    name = f"orion_sql_analytics_{os.getpid()}"
+    server.create(name)
+    yield server.url(name)
+    server.drop(name)
 
 
 @pytest.fixture(scope="module", params=DIALECTS)
