@@ -15,10 +15,12 @@ from orion.core.worker.trial import Trial
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Integer,
     Text,
     bindparam,
     cast,
     delete,
+    exists,
     func,
     insert,
     literal,
@@ -27,6 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.sql import CompoundSelect, Update
+from sqlalchemy.sql.elements import ColumnElement
 
 from orion_sql import fencing, mapping
 from orion_sql.database import process_name
@@ -98,21 +101,24 @@ def completion(dialect: Dialect) -> Complete:
     if dialect.update_returning:
         returning_id = set_trial.returning(TrialRow.id)
 
-        def updated_id(conn: Connection, binds: dict) -> int | None:
-            return conn.execute(returning_id, binds).scalar()
+        def updated(conn: Connection, binds: dict) -> tuple[int | None, bool]:
+            return conn.execute(returning_id, binds).scalar(), True
 
     else:
-        reporting_id = set_trial.values(id=_reported_id())
+        # The reply also says whether the trial has results to clear (a freshly reserved
+        # trial has none): then the DELETE, a round trip, is not sent.
+        has_results = exists().where(ResultRow.trial_id == TrialRow.id)
+        reporting_id = set_trial.values(id=_reported_id(has_results))
 
-        def updated_id(conn: Connection, binds: dict) -> int | None:
-            result = conn.execute(reporting_id, binds)
-            return _reported(result)
+        def updated(conn: Connection, binds: dict) -> tuple[int | None, bool]:
+            return _reported(conn.execute(reporting_id, binds))
 
     def update_then_replace(conn: Connection, trial: Trial) -> int | None:
         binds, new_results = _completion_binds(trial)
-        trial_id = updated_id(conn, binds)
+        trial_id, stale_results = updated(conn, binds)
         if trial_id is not None:
-            conn.execute(clear_results, {"trial": trial_id})
+            if stale_results:
+                conn.execute(clear_results, {"trial": trial_id})
             rows = mapping.value_rows(trial_id, new_results)
             if rows:
                 conn.execute(add_results, rows)
@@ -271,15 +277,20 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
 _ID_SHIFT = 2**31
 
 
-def _reported_id():
+def _reported_id(flag: ColumnElement[bool] | None = None):
     """Where UPDATE returns nothing (MariaDB): the value to set ``id`` to (itself) so that
-    the UPDATE hands the row's id back in its reply, as LAST_INSERT_ID (see :func:`_reported`)."""
-    return cast(func.last_insert_id(TrialRow.id + _ID_SHIFT), BigInteger) - _ID_SHIFT
+    the UPDATE hands the row's id back in its reply, as LAST_INSERT_ID, with `flag` (a
+    condition on the row, false if not given) as its lowest bit (see :func:`_reported`)."""
+    bit = cast(flag, Integer) if flag is not None else literal(0)
+    reported = cast(func.last_insert_id((TrialRow.id + _ID_SHIFT) * 2 + bit), BigInteger)
+    return reported.op("DIV")(2) - _ID_SHIFT
 
 
-def _reported(result) -> int | None:
-    """The id an UPDATE setting :func:`_reported_id` matched, None if it matched none."""
-    return result.lastrowid - _ID_SHIFT if result.rowcount else None
+def _reported(result) -> tuple[int | None, bool]:
+    """The id an UPDATE setting :func:`_reported_id` matched (None if it matched none), and its flag."""
+    if not result.rowcount:
+        return None, False
+    return (result.lastrowid >> 1) - _ID_SHIFT, bool(result.lastrowid & 1)
 
 
 # A status change: (connection, binds) -> the trial's new start time in a row, None if
@@ -305,7 +316,7 @@ def status_change(dialect: Dialect, trial_clause, was: str, status: str, heartbe
     start_time = select(TrialRow.start_time).where(TrialRow.id == bindparam("trial"))
 
     def change_then_read(conn: Connection, binds: dict):
-        trial_id = _reported(conn.execute(change, binds))
+        trial_id, _ = _reported(conn.execute(change, binds))
         if trial_id is None:
             return None
         return conn.execute(start_time, {"trial": trial_id}).first()

@@ -29,8 +29,10 @@ SIZES = [(1, 1, 1), (10, 50, 50), (1000, 10, 10)]
 # Where PostgreSQL writes inside WITH, reserving and completing are one statement.
 # MariaDB has no UPDATE ... RETURNING and no trial cache (reads are the trials, then
 # their values): reserving is the locked row, its UPDATE, its values; completing is the
-# UPDATE (the id comes back as LAST_INSERT_ID), results deleted, results inserted;
-# a status change is the UPDATE, then the new start time.
+# UPDATE (the id comes back as LAST_INSERT_ID, with whether the trial has results),
+# results deleted (only if it has: the trials here do), results inserted; a status
+# change is the UPDATE, then the new start time. Beside them MariaDB's transactions
+# send only their COMMIT: see test_a_mariadb_reserve_complete_pair_is_its_statements_and_two_commits.
 BUDGETS = {
     "register_trial": {"sqlite": 3, "postgresql": 3, "mariadb": 3},  # trial, its params, its results
     # Read through the trial cache after a change: whether anything changed; then, in one
