@@ -172,3 +172,54 @@ def test_reading_an_unchanged_experiment_again_is_one_small_statement(storage, s
     assert len(counter.statements) == 4, counter.statements
     for statement in counter.statements:
         assert "params" not in statement and "results" not in statement
+
+
+@pytest.fixture
+def mariadb_commands(monkeypatch):
+    """The commands PyMySQL sends (COM_QUERY texts; COMMIT and ROLLBACK are queries too):
+    what the MariaDB server answers, one round trip each."""
+    import pymysql.connections
+
+    sent: list[str] = []
+    send = pymysql.connections.Connection._execute_command
+
+    def counted(self, command, sql):
+        sent.append(sql.decode() if isinstance(sql, bytes) else sql)
+        return send(self, command, sql)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counted)
+    return sent
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+def test_a_mariadb_reserve_complete_pair_is_its_statements_and_two_commits(storage, mariadb_commands):
+    """No ROLLBACK when a connection returns to the pool after a commit (PyMySQL sends one
+    even with no transaction open), no DELETE of results a trial does not have: a freshly
+    reserved trial costs the raw SKIP LOCKED loop's seven round trips."""
+    config = {"name": "pair", "version": 1, "space": {}, "algorithm": {"random": {"seed": 1}}}
+    storage.create_experiment(config)
+    experiment = Experiment("pair", Space(), version=1, _id=config["_id"], storage=storage)
+    fresh = Trial(experiment=config["_id"], status="new", params=[{"name": "/x", "type": "real", "value": 1}])
+    storage.register_trial(fresh)  # no results yet
+    mariadb_commands.clear()
+    reserved = storage.reserve_trial(experiment)
+    reserved.status = "completed"
+    reserved.results = [Trial.Result(**result) for result in results(1)]
+    storage.push_trial_results(reserved)
+    kinds = [command.split(None, 1)[0].upper() for command in mariadb_commands]
+    assert kinds == ["(SELECT", "UPDATE", "SELECT", "COMMIT", "UPDATE", "INSERT", "COMMIT"], mariadb_commands
+    assert storage.get_trial(reserved).results == reserved.results
+
+
+@pytest.mark.parametrize("database_url", ["mariadb"], indirect=True)
+def test_a_mariadb_connection_returned_inside_a_transaction_is_rolled_back(storage, mariadb_commands):
+    """What skips the ROLLBACK after a commit still ends a transaction left open: a read
+    (its result carries no status flags in PyMySQL) or a write, on a raw pooled connection."""
+    for statement in ("SELECT COUNT(*) FROM trials", "UPDATE trials SET status = status"):
+        raw = storage.database.engine.raw_connection()
+        raw.cursor().execute(statement)
+        mariadb_commands.clear()
+        raw.close()
+        assert mariadb_commands == ["ROLLBACK"]
+        with storage.database.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT @@in_transaction").scalar() == 0

@@ -9,6 +9,9 @@ What differs from PostgreSQL, and how it is met here:
   REPEATABLE READ takes gap locks, which deadlocked the 8-worker reservation race.
   Reads that span statements run in REPEATABLE READ (one snapshot), set with
   ``SET TRANSACTION`` as they begin. Deadlocks (1213) are retried.
+- A connection returning to the pool is rolled back only when it may hold a
+  transaction: PyMySQL's ``rollback()`` is a round trip even with none open, and the
+  pool's default reset sent one after every committed transaction.
 - Lock waits: ``innodb_lock_wait_timeout`` counts whole seconds, so a fractional
   timeout is rounded up: a waiter gives up at most one second late, never early.
 - Text compares and orders by code point, trailing spaces included
@@ -25,6 +28,7 @@ import json
 import math
 import zlib
 
+from pymysql.constants import SERVER_STATUS
 from sqlalchemy import cast, event, func, literal, literal_column, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Engine
@@ -82,6 +86,16 @@ def _error_number(error: DBAPIError) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+def _may_be_in_transaction(dbapi_connection) -> bool:
+    """Whether a PyMySQL connection may have a transaction open: the server's status flags
+    of its last reply say so, or that reply was a result set (PyMySQL keeps no flags from
+    those, so the flags it holds may predate the statement that began a transaction)."""
+    last = dbapi_connection._result  # None after commit(), rollback(), ping(): flags are fresh
+    if last is not None and last.server_status is None:
+        return True
+    return bool(dbapi_connection.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS)
+
+
 class MariaDBDialect(Dialect):
     name = "mariadb"
     product = "MariaDB"
@@ -102,6 +116,8 @@ class MariaDBDialect(Dialect):
             "max_overflow": settings.max_overflow,
             "pool_timeout": settings.retry_time,
             "isolation_level": "READ COMMITTED",
+            # Reset by roll_back_if_open below: only a connection that may hold a transaction.
+            "pool_reset_on_return": None,
             "connect_args": {"connect_timeout": CONNECT_TIMEOUT_SECONDS, "charset": "utf8mb4"},
         }
 
@@ -123,6 +139,13 @@ class MariaDBDialect(Dialect):
             if conn.get_execution_options().get("orion_sql_snapshot"):
                 with conn.connection.dbapi_connection.cursor() as cursor:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+        @event.listens_for(engine, "reset")
+        def roll_back_if_open(dbapi_connection, record, reset_state):
+            # PyMySQL's rollback() sends ROLLBACK even when no transaction is open: the
+            # pool's default reset cost a round trip after every committed transaction.
+            if not reset_state.transaction_was_reset and _may_be_in_transaction(dbapi_connection):
+                dbapi_connection.rollback()
 
         @event.listens_for(engine, "checkin")
         def end_session_settings(dbapi_connection, record):
