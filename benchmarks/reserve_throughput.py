@@ -15,7 +15,9 @@ pending. Measured for 1, 2, 4 and 8 worker processes on:
 - pickleddb: Oríon's legacy storage on PickledDB, what users have today.
 
 Each configuration starts from the same data: a fresh experiment of `--trials`
-pending trials with two params each. Goal (issue 3): at 4 workers, the sql storage
+pending trials with two params each. Worker counts are the outer loop (every backend
+at 1 worker, then every backend at 2, ...), so the two runs a ratio compares are
+seconds apart on a shared machine whose load changes. Goal (issue 3): at 4 workers, the sql storage
 on PostgreSQL does at least half of raw-psycopg's rate and 20 times PickledDB's;
 (issue 14) on MariaDB at least half of raw-pymysql's.
 
@@ -187,18 +189,15 @@ def raw_mariadb_worker(barrier, backend: str, location: str, experiment_id, seco
 RAW_WORKERS = {"raw-psycopg": raw_worker, "raw-pymysql": raw_mariadb_worker}
 
 
-def measure(backend: str, location: str, trials: int, seconds: float) -> dict[int, float]:
-    """Pairs per second for each worker count, each on a fresh experiment."""
+def measure(backend: str, location: str, count: int, trials: int, seconds: float) -> float:
+    """Pairs per second of `count` workers, on a fresh experiment."""
     storage = open_storage("sql" if backend in RAW_WORKERS else backend, location)
     fill = fill_pickleddb if backend == "pickleddb" else fill_sql
+    experiment_id = fill(storage, f"{backend}-{count}", trials)
     worker = RAW_WORKERS.get(backend, protocol_worker)
-    rates = {}
-    for count in WORKERS:
-        experiment_id = fill(storage, f"{backend}-{count}", trials)
-        done, elapsed = common.run_together(worker, [(backend, location, experiment_id, seconds)] * count)
-        rates[count] = sum(done) / elapsed
-        print(f"  {backend:15s} {count} workers: {sum(done):6d} pairs in {elapsed:5.2f}s", file=sys.stderr)
-    return rates
+    done, elapsed = common.run_together(worker, [(backend, location, experiment_id, seconds)] * count)
+    print(f"  {backend:15s} {count} workers: {sum(done):6d} pairs in {elapsed:5.2f}s", file=sys.stderr)
+    return sum(done) / elapsed
 
 
 # Ratios printed when both of their backends ran: (name, numerator, denominator, goal at 4 workers).
@@ -217,7 +216,6 @@ def main() -> None:
     )
     backends = [backend for backend in BACKENDS if backend in args.backends.split(",")]
     trials, seconds = (1500, 1.5) if args.quick else (4000, 4.0)
-    rates = {}
     with contextlib.ExitStack() as stack:
         folder = stack.enter_context(common.fresh_folder())
         locations = {"sql-sqlite": f"sqlite:///{folder}/bench.sqlite", "pickleddb": f"{folder}/bench.pkl"}
@@ -229,8 +227,12 @@ def main() -> None:
             mariadb = stack.enter_context(common.fresh_mariadb())
             SQL(uri=mariadb).close()  # likewise for MariaDB
             locations.update({"sql-mariadb": mariadb, "raw-pymysql": mariadb})
-        for backend in backends:
-            rates[backend] = measure(backend, locations[backend], trials, seconds)
+        # Every backend at 1 worker, then every one at 2...: the runs a ratio compares are
+        # seconds apart, not a whole series apart, on a machine whose load changes.
+        rates = {backend: {} for backend in backends}
+        for count in WORKERS:
+            for backend in backends:
+                rates[backend][count] = measure(backend, locations[backend], count, trials, seconds)
 
     ratios = [(name, top, bottom, goal) for name, top, bottom, goal in RATIOS if top in rates and bottom in rates]
     rows = [
