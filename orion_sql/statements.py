@@ -203,15 +203,23 @@ def reservation(dialect: Dialect) -> Reserve:
     return reserve_then_read
 
 
+# The trial columns a document needs (see mapping.trial_document) that a reservation
+# neither sets nor is given: what MariaDB's reservation reads of the row.
+_NOT_SET_BY_RESERVATION = ("id", "hash", "exp_working_dir", "parent_hash", "submit_time", "end_time", "written_times")
+
+
 def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
     """Reservation where UPDATE returns nothing (MariaDB), in one transaction: the oldest
     pending trial's row, locked (the first unlocked row of each pending status, read
     from the (experiment_id, status, id) index, the oldest of those kept) with the
-    server's clock; the UPDATE of that row; its values."""
+    server's clock; the UPDATE of that row; its values. The row is read without the
+    columns the reservation sets or the caller knows: each column costs PyMySQL a field
+    description to parse."""
+    unknown = [trials.c[column] for column in _NOT_SET_BY_RESERVATION]
 
     def first_unlocked(status: str):
         return (
-            select(trials, dialect.now().label("reserved_at"))
+            select(*unknown, dialect.now().label("reserved_at"))
             .where(TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == status)
             .order_by(TrialRow.id)
             .limit(1)
@@ -237,7 +245,14 @@ def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
             return None
         now = row.reserved_at
         conn.execute(reserve, {"trial": row.id, "now": now, "reserving_worker": worker})
-        reserved = {**row._mapping, "status": "reserved", "start_time": now, "heartbeat": now, "worker": worker}
+        reserved = {
+            **row._mapping,
+            "experiment_id": experiment_id,
+            "status": "reserved",
+            "start_time": now,
+            "heartbeat": now,
+            "worker": worker,
+        }
         return trial_documents_of([_Row(reserved)], conn.execute(values, {"trial": row.id}).mappings())[0]
 
     return pick_reserve_read
