@@ -98,6 +98,7 @@ class Database:
         with self.engine.connect() as conn:
             conn.execution_options(**self.dialect.transaction_options(write, autocommit))
             with conn.begin():
+                self.dialect.began(conn, write, autocommit)
                 yield conn
 
     def run(

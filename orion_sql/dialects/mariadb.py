@@ -132,14 +132,6 @@ class MariaDBDialect(Dialect):
                     " sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO')"
                 )
 
-        @event.listens_for(engine, "begin")
-        def begin(conn):
-            # A read spanning statements sees one snapshot: REPEATABLE READ for this
-            # transaction only (sent before the driver's implicit begin).
-            if conn.get_execution_options().get("orion_sql_snapshot"):
-                with conn.connection.dbapi_connection.cursor() as cursor:
-                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-
         @event.listens_for(engine, "reset")
         def roll_back_if_open(dbapi_connection, record, reset_state):
             # PyMySQL's rollback() sends ROLLBACK even when no transaction is open: the
@@ -166,10 +158,15 @@ class MariaDBDialect(Dialect):
 
     def transaction_options(self, write, autocommit):
         # Every transaction is a real one (a reservation's SELECT ... FOR UPDATE must hold
-        # its lock until the UPDATE); only reads of several statements need a snapshot.
-        if not write and not autocommit:
-            return {"orion_sql_snapshot": True}
+        # its lock until the UPDATE): no options (reads of several statements: see began).
         return {}
+
+    def began(self, conn, write, autocommit):
+        # A read spanning statements sees one snapshot: REPEATABLE READ for this
+        # transaction only (sent before the driver's implicit begin, on the DBAPI cursor).
+        if not write and not autocommit:
+            with conn.connection.dbapi_connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
     def now(self, minus=None):
         now = func.utc_timestamp(6, type_=UtcDateTime)
