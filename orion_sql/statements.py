@@ -47,18 +47,18 @@ Reserve = Callable[[Connection, int, str], dict | None]
 Complete = Callable[[Connection, Trial], int | None]
 
 
-def values_of_trials(trial_ids, json_text: bool = False) -> CompoundSelect:
-    """Params and results of the trials whose ids `trial_ids` gives, in order, in one
-    statement; each value decoded, or (`json_text`) the JSON text the codec wrote."""
+def values_of_trials(trial_ids, json_text: bool = False, ordered: bool = True) -> CompoundSelect:
+    """Params and results of the trials whose ids `trial_ids` gives, in order (unless not
+    `ordered`), in one statement; each value decoded, or (`json_text`) the JSON text the
+    codec wrote."""
 
     def values_of(model, kind: str):
         value = cast(model.value, Text).label("value") if json_text else model.value
         columns = (literal(kind).label("kind"), model.trial_id, model.position, model.name, model.type, value)
         return select(*columns).where(model.trial_id.in_(trial_ids))
 
-    return union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results")).order_by(
-        "trial_id", "kind", "position"
-    )
+    values = union_all(values_of(ParamRow, "params"), values_of(ResultRow, "results"))
+    return values.order_by("trial_id", "kind", "position") if ordered else values
 
 
 def trial_documents(conn: Connection, clause, *order_by) -> list[dict]:
@@ -206,6 +206,11 @@ def reservation(dialect: Dialect) -> Reserve:
 # The trial columns a document needs (see mapping.trial_document) that a reservation
 # neither sets nor is given: what MariaDB's reservation reads of the row.
 _NOT_SET_BY_RESERVATION = ("id", "hash", "exp_working_dir", "parent_hash", "submit_time", "end_time", "written_times")
+# The (experiment_id, status, id) index: the oldest trial of a status is its first entry.
+_PENDING_KEY = ("experiment_id", "status", "id")
+_PENDING_INDEX = next(
+    str(index.name) for index in trials.indexes if [column.name for column in index.columns] == [*_PENDING_KEY]
+)
 
 
 def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
@@ -214,19 +219,21 @@ def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
     from the (experiment_id, status, id) index, the oldest of those kept) with the
     server's clock; the UPDATE of that row; its values. The row is read without the
     columns the reservation sets or the caller knows: each column costs PyMySQL a field
-    description to parse."""
+    description to parse. The unions have no ORDER BY (MariaDB sorts a union's result in
+    a temporary table: measured 0.15-0.2 ms each); their few rows are ordered here."""
     unknown = [trials.c[column] for column in _NOT_SET_BY_RESERVATION]
 
     def first_unlocked(status: str):
-        return (
+        oldest = (
             select(*unknown, dialect.now().label("reserved_at"))
             .where(TrialRow.experiment_id == bindparam("experiment"), TrialRow.status == status)
             .order_by(TrialRow.id)
             .limit(1)
             .with_for_update(skip_locked=True)
         )
+        return dialect.through_index(oldest, trials, _PENDING_INDEX)
 
-    pick = union_all(*(first_unlocked(status) for status in PENDING_STATUSES)).order_by("id").limit(1)
+    candidates = union_all(*(first_unlocked(status) for status in PENDING_STATUSES))
     reserve = (
         update(trials)
         .where(TrialRow.id == bindparam("trial"))
@@ -237,12 +244,13 @@ def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
             worker=bindparam("reserving_worker"),
         )
     )
-    values = values_of_trials([bindparam("trial")])
+    values = values_of_trials([bindparam("trial")], ordered=False)
 
     def pick_reserve_read(conn: Connection, experiment_id: int, worker: str) -> dict | None:
-        row = conn.execute(pick, {"experiment": experiment_id}).first()
-        if row is None:
+        rows = conn.execute(candidates, {"experiment": experiment_id}).all()
+        if not rows:
             return None
+        row = min(rows, key=lambda candidate: candidate.id)
         now = row.reserved_at
         conn.execute(reserve, {"trial": row.id, "now": now, "reserving_worker": worker})
         reserved = {
@@ -253,7 +261,9 @@ def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
             "heartbeat": now,
             "worker": worker,
         }
-        return trial_documents_of([_Row(reserved)], conn.execute(values, {"trial": row.id}).mappings())[0]
+        found = conn.execute(values, {"trial": row.id}).mappings().all()
+        in_order = sorted(found, key=lambda value: (value["kind"], value["position"]))
+        return trial_documents_of([_Row(reserved)], in_order)[0]
 
     return pick_reserve_read
 

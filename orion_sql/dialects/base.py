@@ -7,7 +7,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, literal
+from sqlalchemy import Connection, Engine, Select, Table, literal
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
@@ -114,6 +114,10 @@ class Dialect(abc.ABC):
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         """Inside a transaction: wait at most `seconds` for a row lock (row-locking databases)."""
         raise NotImplementedError(f"{self.name} has no row locks")
+
+    def through_index(self, select_: Select, table: Table, index: str) -> Select:
+        """`select_`, told to read `table` through `index` where the planner would not."""
+        return select_
 
     def lock_for_migration(self, conn: Connection) -> None:
         """Inside a write transaction: make concurrent schema initialisations wait."""
