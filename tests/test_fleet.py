@@ -6,7 +6,8 @@
 2. 64 Oríon worker processes (one trial each, a trivial objective: 2 cores) complete
    an experiment against ``max_connections = 100``, directly and through a PgBouncer
    in transaction pooling with 20 server connections; the peak of server connections
-   (pg_stat_activity) stays within both.
+   (pg_stat_activity) stays within both. The workers log in as a role that is not a
+   superuser, which ``max_connections`` bounds.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ RESTART_TRIALS = 60
 FLEET_WORKERS = 64
 FLEET_TRIALS = 64
 BOUNCER_POOL = 20
+WORKER_ROLE = "orion"
 _numbers = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def own_server():
     with OwnPostgreSQL(max_connections="100") as server:
+        server.create_role(WORKER_ROLE)
         yield server
 
 
@@ -44,15 +47,16 @@ def own_mariadb():
         yield server
 
 
-def _new_database(server: OwnPostgreSQL | OwnMariaDB) -> str:
-    url = server.create_database(f"fleet_{os.getpid()}_{next(_numbers)}")
+def _new_database(server: OwnPostgreSQL | OwnMariaDB, **options: str) -> str:
+    url = server.create_database(f"fleet_{os.getpid()}_{next(_numbers)}", **options)
     SQL(uri=url).close()  # the schema, before the workers race for it
     return url
 
 
 @pytest.fixture
 def own_database(own_server) -> str:
-    return _new_database(own_server)
+    """A database at head on the PostgreSQL, owned by the workers' role."""
+    return _new_database(own_server, owner=WORKER_ROLE)
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
@@ -148,7 +152,7 @@ def test_64_workers_complete_an_experiment_within_100_server_connections(own_ser
 
 @pytest.mark.slow
 def test_64_workers_complete_an_experiment_through_pgbouncer_in_transaction_pooling(own_server, own_database):
-    with PgBouncer(own_server.port, pool_size=BOUNCER_POOL) as bouncer:
+    with PgBouncer(own_server.port, pool_size=BOUNCER_POOL, user=WORKER_ROLE) as bouncer:
         url = bouncer.url(own_database.rsplit("/", 1)[1])
         peak = _run_fleet(own_server, own_database, {"type": "sql", "uri": url, "pool_mode": "transaction"})
     print(f"64 workers through PgBouncer: peak {peak} server connections")

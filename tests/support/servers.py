@@ -66,8 +66,8 @@ class OwnPostgreSQL:
         self.name = f"orion_sql_{os.getpid()}_{self.port}"
         self._datadir: Path | None = None
 
-    def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
+    def url(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        return f"postgresql+psycopg://{user}@127.0.0.1:{self.port}/{dbname}"
 
     def start(self) -> OwnPostgreSQL:
         if self.as_root:
@@ -110,20 +110,21 @@ class OwnPostgreSQL:
             )
             shutil.rmtree(self._datadir, ignore_errors=True)
 
-    def create_database(self, dbname: str) -> str:
-        with psycopg.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        return self.url(dbname)
+    def admin(self) -> psycopg.Connection:
+        """A superuser connection (autocommit): it may take one of the slots
+        ``superuser_reserved_connections`` keeps from other roles."""
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True)
 
-    def connections(self, dbname: str) -> int:
-        """Server connections now open to `dbname` (pg_stat_activity), this query's excluded."""
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres") as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)
-            ).fetchone()
-            return row[0] if row else 0
+    def create_role(self, user: str) -> None:
+        """A login role that is not a superuser: ``max_connections`` less the reserved slots bounds it."""
+        with self.admin() as conn:
+            conn.execute(f'CREATE ROLE "{user}" LOGIN NOSUPERUSER')
+
+    def create_database(self, dbname: str, owner: str = "postgres") -> str:
+        """A new database owned by `owner`; its URL as `owner`."""
+        with self.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}" OWNER "{owner}"')
+        return self.url(dbname, owner)
 
     def _pg_ctl(self, *args: str) -> None:
         assert self._datadir is not None, "start() makes the data directory"
@@ -147,24 +148,33 @@ class OwnPostgreSQL:
 
 
 class PeakConnections:
-    """The most server connections to a database seen in pg_stat_activity, sampled."""
+    """The most server connections to a database seen in pg_stat_activity, sampled
+    every 100 ms on one superuser connection opened beforehand, so that sampling never
+    takes a slot the workers need (or fails for want of one)."""
 
     def __init__(self, server: OwnPostgreSQL, dbname: str):
         self.server, self.dbname, self.peak = server, dbname, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._conn: psycopg.Connection | None = None
 
     def _sample(self) -> None:
+        assert self._conn is not None
         while not self._stop.wait(0.1):
-            self.peak = max(self.peak, self.server.connections(self.dbname))
+            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            (count,) = self._conn.execute(query, (self.dbname,)).fetchone() or (0,)
+            self.peak = max(self.peak, count)
 
     def __enter__(self) -> PeakConnections:
+        self._conn = self.server.admin()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        assert self._conn is not None
+        self._conn.close()
 
 
 class PgBouncer:
