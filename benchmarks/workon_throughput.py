@@ -19,6 +19,7 @@ Goal (issue 3): at least 1.5 times PickledDB at 1 worker, 2.5 times at 4 workers
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import common
@@ -31,18 +32,25 @@ from orion_sql import SQL
 WORKERS = [1, 2, 4]
 BACKENDS = ["sql-postgresql", "sql-sqlite", "pickleddb"]
 REFERENCE = "ephemeraldb"
+# Seconds a worker may wait for others' trials before Oríon gives up on it, and for the
+# algorithm lock (Oríon's default 60 for both, the lock's not configurable in observe):
+# 64 workers on 2 cores queue longer than that, each holder copying the algorithm state.
+IDLE_TIMEOUT = LOCK_TIMEOUT = 600
 
 
 def objective(x: float) -> list[dict]:
     return [{"name": "objective", "type": "objective", "value": x}]
 
 
-def worker(barrier, name: str, storage: dict, max_trials: int, per_worker: int | None = None) -> int:
+def worker(barrier, name: str, storage: dict, max_trials: int, working_dir: str, per_worker: int | None = None) -> int:
     """One `orion hunt`-like worker; returns the trials it completed.
 
-    With `per_worker`, every trial is suggested at once (pool_size) and the worker
-    stops after its share: many idle workers would otherwise queue on the algorithm
-    lock to suggest, and Oríon's observe gives up on it after 60 s (benchmarks/fleet.py).
+    All workers of a run share `working_dir`: Oríon would otherwise give each its own
+    temporary folder, where a trial suggested by another worker has no folder (and
+    removing it races). Oríon's observe waits at most 60 s for the algorithm lock, here
+    `LOCK_TIMEOUT`. With `per_worker`, every trial is suggested at once (pool_size)
+    and the worker stops after its share: many idle workers would otherwise queue on the
+    algorithm lock to suggest one trial each (benchmarks/fleet.py).
     """
     logging.getLogger("orion").setLevel(logging.ERROR)
     client = create_experiment(
@@ -52,12 +60,25 @@ def worker(barrier, name: str, storage: dict, max_trials: int, per_worker: int |
         max_trials=max_trials,
         storage=storage,
         executor=SingleExecutor(),
+        working_dir=working_dir,
     )
+    producer = client._producer  # Oríon's observe, as it is, but for the lock's timeout
+
+    def observe(trial) -> None:
+        with producer.experiment.acquire_algorithm_lock(timeout=LOCK_TIMEOUT) as algorithm:
+            algorithm.observe([trial])
+
+    producer.observe = observe
     barrier.wait()
     if per_worker is None:
-        return client.workon(objective, n_workers=1, max_trials=max_trials)
+        return client.workon(objective, n_workers=1, max_trials=max_trials, idle_timeout=IDLE_TIMEOUT)
     return client.workon(
-        objective, n_workers=1, max_trials=max_trials, pool_size=max_trials, max_trials_per_worker=per_worker
+        objective,
+        n_workers=1,
+        max_trials=max_trials,
+        pool_size=max_trials,
+        max_trials_per_worker=per_worker,
+        idle_timeout=IDLE_TIMEOUT,
     )
 
 
@@ -76,7 +97,8 @@ def measure(backend: str, counts: list[int], postgresql: str, folder: str, max_t
     for count in counts:
         run = f"{backend}-{count}"
         storage = storage_config(backend, postgresql, folder, run)
-        done, elapsed = common.run_together(worker, [(run, storage, max_trials)] * count)
+        working_dir = os.path.join(folder, f"{run}-work")
+        done, elapsed = common.run_together(worker, [(run, storage, max_trials, working_dir)] * count)
         rates[count] = sum(done) / elapsed
         print(f"  {backend:15s} {count} workers: {sum(done):4d} trials in {elapsed:6.2f}s", file=sys.stderr)
     return rates
