@@ -6,8 +6,8 @@ and removed after: tests/support/servers.py), for 1, 4, 16 and 64 worker process
 
 - reserve+complete pairs per second (``reserve_trial`` then ``push_trial_results``,
   as in reserve_throughput.py);
-- Oríon ``workon`` trials per second (random search, a trivial objective, every
-  trial suggested at once, the same share of trials for each worker, one working
+- Oríon ``workon`` trials per second (random search, a trivial objective, one
+  trial suggested at a time, the same share of trials for each worker, one working
   folder per run);
 - the peak of server connections to the database (pg_stat_activity, sampled every
   100 ms on a superuser connection opened beforehand).
@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import os
 import sys
+from collections.abc import Iterator
 
 import common
 import reserve_throughput
@@ -45,12 +46,18 @@ ROLE = "orion"
 _numbers = itertools.count()
 
 
-def fresh(server: OwnPostgreSQL) -> tuple[str, str]:
-    """A new database at head on `server`, owned by the workers' role: its name and direct URL."""
+@contextlib.contextmanager
+def fresh(server: OwnPostgreSQL) -> Iterator[tuple[str, str]]:
+    """A new database at head on `server`, owned by the workers' role: its name and direct
+    URL; dropped after, with PgBouncer's idle server connections to it, which would
+    otherwise take slots from the next runs."""
     name = f"fleet_{next(_numbers)}"
     url = server.create_database(name, owner=ROLE)
     SQL(uri=url).close()
-    return name, url
+    try:
+        yield name, url
+    finally:
+        server.drop_database(name)
 
 
 def storage_config(url: str, route: str) -> dict:
@@ -60,24 +67,25 @@ def storage_config(url: str, route: str) -> dict:
 
 
 def pairs_per_second(server, bouncer, route: str, workers: int, trials: int, seconds: float) -> tuple[float, int]:
-    dbname, direct = fresh(server)
-    url = direct if route == "direct" else bouncer.url(dbname)
-    experiment_id = reserve_throughput.fill_sql(SQL(uri=direct), f"pairs-{workers}", trials)
-    with PeakConnections(server, dbname) as peak:
-        done, elapsed = common.run_together(
-            reserve_throughput.protocol_worker, [("sql", url, experiment_id, seconds)] * workers
-        )
+    with fresh(server) as (dbname, direct):
+        url = direct if route == "direct" else bouncer.url(dbname)
+        filler = SQL(uri=direct)
+        experiment_id = reserve_throughput.fill_sql(filler, f"pairs-{workers}", trials)
+        filler.close()
+        with PeakConnections(server, dbname) as peak:
+            done, elapsed = common.run_together(
+                reserve_throughput.protocol_worker, [("sql", url, experiment_id, seconds)] * workers
+            )
     return sum(done) / elapsed, peak.peak
 
 
 def workon_per_second(server, bouncer, folder: str, route: str, workers: int, trials: int) -> tuple[float, int]:
     """Oríon workers sharing `trials` (at least one each): trials/s, peak connections."""
-    dbname, direct = fresh(server)
-    url = direct if route == "direct" else bouncer.url(dbname)
     per_worker = -(-trials // workers)
     trials = per_worker * workers
-    args = (f"workon-{workers}", storage_config(url, route), trials, os.path.join(folder, dbname), per_worker)
-    with PeakConnections(server, dbname) as peak:
+    with fresh(server) as (dbname, direct), PeakConnections(server, dbname) as peak:
+        url = direct if route == "direct" else bouncer.url(dbname)
+        args = (f"workon-{workers}", storage_config(url, route), trials, os.path.join(folder, dbname), per_worker)
         done, elapsed = common.run_together(workon_throughput.worker, [args] * workers)
     return sum(done) / elapsed, peak.peak
 

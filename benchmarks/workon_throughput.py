@@ -48,9 +48,10 @@ def worker(barrier, name: str, storage: dict, max_trials: int, working_dir: str,
     All workers of a run share `working_dir`: Oríon would otherwise give each its own
     temporary folder, where a trial suggested by another worker has no folder (and
     removing it races). Oríon's observe waits at most 60 s for the algorithm lock, here
-    `LOCK_TIMEOUT`. With `per_worker`, every trial is suggested at once (pool_size)
-    and the worker stops after its share: many idle workers would otherwise queue on the
-    algorithm lock to suggest one trial each (benchmarks/fleet.py).
+    `LOCK_TIMEOUT`. With `per_worker`, the worker stops after its share. Trials are
+    suggested one at a time (Oríon's default pool_size): with pool_size = max_trials each
+    worker that found nothing to reserve suggested a whole pool again (16 workers
+    registered 1,024 trials for 64), and every lock holder copies them all.
     """
     logging.getLogger("orion").setLevel(logging.ERROR)
     client = create_experiment(
@@ -70,14 +71,11 @@ def worker(barrier, name: str, storage: dict, max_trials: int, working_dir: str,
 
     producer.observe = observe
     barrier.wait()
-    if per_worker is None:
-        return client.workon(objective, n_workers=1, max_trials=max_trials, idle_timeout=IDLE_TIMEOUT)
     return client.workon(
         objective,
         n_workers=1,
         max_trials=max_trials,
-        pool_size=max_trials,
-        max_trials_per_worker=per_worker,
+        max_trials_per_worker=per_worker or max_trials,
         idle_timeout=IDLE_TIMEOUT,
     )
 

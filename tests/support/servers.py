@@ -126,6 +126,12 @@ class OwnPostgreSQL:
             conn.execute(f'CREATE DATABASE "{dbname}" OWNER "{owner}"')
         return self.url(dbname, owner)
 
+    def drop_database(self, dbname: str) -> None:
+        """Drop `dbname`, ending its sessions (a pooler's idle server connections count
+        against ``max_connections`` until then)."""
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
+
     def _pg_ctl(self, *args: str) -> None:
         assert self._datadir is not None, "start() makes the data directory"
         options = " ".join(f"-c {name}={value}" for name, value in self.settings.items())
