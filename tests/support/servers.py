@@ -167,7 +167,8 @@ class PeakConnections:
     def _sample(self) -> None:
         assert self._conn is not None
         while not self._stop.wait(0.1):
-            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            # Client backends only: an autovacuum worker on the database is the server's own.
+            query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'"
             (count,) = self._conn.execute(query, (self.dbname,)).fetchone() or (0,)
             self.peak = max(self.peak, count)
 
