@@ -6,6 +6,7 @@ against another storage object and against a real forked process.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -103,23 +104,30 @@ def _hold_lock(storage, uid, held, finish):
             raise TimeoutError("parent never said finish")
 
 
-def test_lock_held_by_another_process(storage):
-    config = new_experiment(storage)
-    uid = config["_id"]
+@contextlib.contextmanager
+def _child_holding_the_lock(storage, uid):
+    """A forked process holding the lock until the block ends (or `finish` is set),
+    when it saves ``{"saved_by": "child"}``; yields `finish`."""
     context = multiprocessing.get_context("fork")
     held, finish = context.Event(), context.Event()
     child = context.Process(target=_hold_lock, args=(storage, uid, held, finish))
     child.start()
     try:
         assert held.wait(20), "child never took the lock"
-        assert storage.get_algorithm_lock_info(uid=uid).locked is True
-        with pytest.raises(LockAcquisitionTimeout):
-            with storage.acquire_algorithm_lock(uid=uid, timeout=0.2, retry_interval=0.05):
-                pass  # pragma: no cover
+        yield finish
     finally:
         finish.set()
         child.join(20)
     assert child.exitcode == 0
+
+
+def test_lock_held_by_another_process(storage):
+    uid = new_experiment(storage)["_id"]
+    with _child_holding_the_lock(storage, uid):
+        assert storage.get_algorithm_lock_info(uid=uid).locked is True
+        with pytest.raises(LockAcquisitionTimeout):
+            with storage.acquire_algorithm_lock(uid=uid, timeout=0.2, retry_interval=0.05):
+                pass  # pragma: no cover
     info = storage.get_algorithm_lock_info(uid=uid)
     assert (info.state, info.locked) == ({"saved_by": "child"}, False)
     # a waiter gets the lock as soon as the holder lets go
@@ -167,28 +175,21 @@ def test_waiters_in_transaction_pooling_mode_queue_and_follow_the_holder(storage
         "before_cursor_execute",
         lambda _conn, _cursor, statement, *_: tickets_written.append("algo_lock_waiters" in statement),
     )
-    context = multiprocessing.get_context("fork")
-    held, finish = context.Event(), context.Event()
-    child = context.Process(target=_hold_lock, args=(storage, uid, held, finish))
-    child.start()
     try:
-        assert held.wait(20), "child never took the lock"
-        started = time.monotonic()
-        with pytest.raises(LockAcquisitionTimeout):
-            with pooled.acquire_algorithm_lock(uid=uid, timeout=0):
-                pass  # pragma: no cover
-        assert time.monotonic() - started < 5
-        if storage.database.dialect.has_row_locks:
-            assert not any(tickets_written), "a waiter with no timeout joined the queue"
-        threading.Timer(0.5, finish.set).start()
-        with pooled.acquire_algorithm_lock(uid=uid, timeout=30, retry_interval=0.05) as locked:
-            assert locked.state == {"saved_by": "child"}
-            locked.set_state({"saved_by": "the pooled waiter"})
+        with _child_holding_the_lock(storage, uid) as finish:
+            started = time.monotonic()
+            with pytest.raises(LockAcquisitionTimeout):
+                with pooled.acquire_algorithm_lock(uid=uid, timeout=0):
+                    pass  # pragma: no cover
+            assert time.monotonic() - started < 5
+            if storage.database.dialect.has_row_locks:
+                assert not any(tickets_written), "a waiter with no timeout joined the queue"
+            threading.Timer(0.5, finish.set).start()
+            with pooled.acquire_algorithm_lock(uid=uid, timeout=30, retry_interval=0.05) as locked:
+                assert locked.state == {"saved_by": "child"}
+                locked.set_state({"saved_by": "the pooled waiter"})
     finally:
-        finish.set()
-        child.join(20)
         pooled.close()
-    assert child.exitcode == 0
     info = storage.get_algorithm_lock_info(uid=uid)
     assert (info.state, info.locked) == ({"saved_by": "the pooled waiter"}, False)
     with storage.database.engine.connect() as conn:
