@@ -53,8 +53,8 @@ from sqlalchemy import delete
 
 from orion_sql import exact_json, mapping
 from orion_sql.models import ExperimentRow
+from support import IN_CI
 
-IN_CI = bool(os.environ.get("CI")) or os.environ.get("ORION_SQL_REQUIRE_POSTGRESQL") == "1"
 EXAMPLES = settings(
     max_examples=int(os.environ.get("ORION_SQL_DIFFERENTIAL_EXAMPLES", "150")),
     deadline=None,

@@ -15,12 +15,13 @@ from orion.storage.base import LockAcquisitionTimeout, MissingArguments
 from sqlalchemy import func, select
 
 from orion_sql.models import Base
+from support import IN_CI
 from support.documents import assert_identical, new_experiment
 
-IN_CI = os.environ.get("CI") == "true"
 EXAMPLES = settings(
     max_examples=int(os.environ.get("ORION_SQL_HOSTILE_EXAMPLES", "60")),
     deadline=None,
+    derandomize=IN_CI,  # reproducible in CI; fresh examples on a developer's machine
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
