@@ -34,6 +34,8 @@ from orion_sql.location import sqlite_url
 from orion_sql.schema import ensure_schema
 from support import DIALECTS
 from support.mariadb import MARIADB, mariadb_admin
+from support.orphans import remove_orphaned_clusters, remove_orphaned_folders
+from support.servers import PG_VERSION
 from support.session_database import MariaDBServer, PostgreSQLServer, SessionDatabase
 
 PG: dict[str, Any] = {
@@ -58,6 +60,13 @@ postgresql_server = (
     if _server_answers()
     else factories.postgresql_proc(dbname=_DBNAME)
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_orphaned_servers() -> None:
+    """Servers a killed session left running are stopped and removed first (support.orphans)."""
+    remove_orphaned_folders()
+    remove_orphaned_clusters(PG_VERSION)
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import pymysql
 from sqlalchemy.engine import URL
 
+from support.orphans import owned_folder
 from support.servers import free_port
 
 STARTUP_SECONDS = 60
@@ -65,7 +64,7 @@ class OwnMariaDB:
     def __init__(self, max_connections: int = 100):
         self.port = free_port()
         self.max_connections = max_connections
-        self.directory = Path(tempfile.mkdtemp(prefix="orion_sql_mariadb_"))
+        self.directory = owned_folder("mariadb")
         self._process: subprocess.Popen | None = None
 
     def url(self, dbname: str) -> str:

@@ -15,13 +15,14 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import IO
 
 import psycopg
+
+from support.orphans import owned_folder
 
 PG_VERSION = "15"
 BOUNCER_STARTUP_SECONDS = 20
@@ -85,7 +86,7 @@ class OwnPostgreSQL:
                 "--auth-local=trust",
             )
         else:
-            self._datadir = Path(tempfile.mkdtemp(prefix="orion_sql_pg_"))
+            self._datadir = owned_folder("pg") / "data"
             _run(str(_bindir() / "initdb"), "-D", str(self._datadir), "-U", "postgres", "--auth=trust")
             self._pg_ctl("start", "-w")
         wait_until_answering(self.port)
@@ -108,7 +109,7 @@ class OwnPostgreSQL:
                 check=False,
                 capture_output=True,
             )
-            shutil.rmtree(self._datadir, ignore_errors=True)
+            shutil.rmtree(self._datadir.parent, ignore_errors=True)
 
     def admin(self) -> psycopg.Connection:
         """A superuser connection (autocommit): it may take one of the slots
@@ -203,7 +204,7 @@ class PgBouncer:
         self.port = free_port()
         self.server_port, self.server_host = server_port, server_host
         self.pool_mode, self.pool_size, self.user = pool_mode, pool_size, user
-        self.directory = Path(tempfile.mkdtemp(prefix="orion_sql_pgbouncer_"))
+        self.directory = owned_folder("pgbouncer")
         self._process: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 

@@ -20,6 +20,7 @@ from orion_sql.database import Database
 from orion_sql.models import Base
 from orion_sql.schema import VERSION_TABLE, ensure_schema
 from support import mariadb
+from support.orphans import orphaned
 
 # Tables emptied by DELETE up to this many rows (a millisecond), by TRUNCATE past it.
 DELETE_UP_TO = 1000
@@ -49,6 +50,7 @@ class PostgreSQLServer:
         with self.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    LIST_DATABASES = "SELECT datname FROM pg_database"
     # The session's database: another connection left by a test (a process killed
     # mid-transaction, a storage never closed) is ended, so no row lock of it remains.
     PREPARE = (
@@ -96,6 +98,7 @@ class MariaDBServer:
     create = staticmethod(mariadb.create_mariadb_database)
     drop = staticmethod(mariadb.drop_mariadb_database)
 
+    LIST_DATABASES = "SHOW DATABASES"
     PREPARE = ("SET SESSION lock_wait_timeout = 60", "SET SESSION group_concat_max_len = 1000000")
     FINGERPRINT = (
         "SELECT MD5(GROUP_CONCAT(item ORDER BY item SEPARATOR '\\n')) FROM ("
@@ -134,6 +137,7 @@ class SessionDatabase:
 
     def __init__(self, server: PostgreSQLServer | MariaDBServer, name: str):
         self.server, self.name, self.url = server, name, server.url(name)
+        drop_orphaned_databases(server)
         self._fingerprint = self._migrate()
 
     def _migrate(self) -> str:
@@ -182,3 +186,13 @@ class SessionDatabase:
 
     def drop(self) -> None:
         self.server.drop(self.name)
+
+
+def drop_orphaned_databases(server: PostgreSQLServer | MariaDBServer) -> list[str]:
+    """Drop the databases killed sessions left on the server (support.orphans); returns their names."""
+    with server.connect() as conn, conn.cursor() as cursor:
+        cursor.execute(server.LIST_DATABASES)
+        names = orphaned(name for (name,) in cursor.fetchall())
+    for name in names:
+        server.drop(name)
+    return names
