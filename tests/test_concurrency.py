@@ -21,7 +21,6 @@ prove "database is locked" never reaches Oríon (busy waits are retried inside).
 from __future__ import annotations
 
 import collections
-import multiprocessing
 import os
 import queue
 import signal
@@ -43,9 +42,8 @@ from sqlalchemy import text
 
 from orion_sql import SQL
 from support.documents import new_experiment
+from support.forkserver import CONTEXT
 
-CONTEXT = multiprocessing.get_context("forkserver")
-CONTEXT.set_forkserver_preload(["orion.client", "orion_sql", "test_concurrency"])
 WORKERS = 8
 LOCK_EXPIRY = 2.0  # seconds: the SQLite lease expiry of proof 3
 HEARTBEAT = 1  # seconds (Oríon's option is an integer): lost after 5 heartbeats

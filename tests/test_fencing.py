@@ -17,10 +17,11 @@ import time
 import pytest
 from orion.core.worker.trial import Trial
 from orion.storage.base import FailedUpdate
-from test_concurrency import CONTEXT, LOST_AFTER, experiment_object, kill, short_heartbeat, start
+from test_concurrency import LOST_AFTER, experiment_object, kill, short_heartbeat, start
 
 from orion_sql import SQL
 from support.documents import new_experiment
+from support.forkserver import CONTEXT
 
 __all__ = ["short_heartbeat"]  # a fixture this module uses
 

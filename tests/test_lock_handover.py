@@ -17,10 +17,11 @@ import time
 import pytest
 import sqlalchemy as sa
 import test_concurrency as concurrency
-from test_concurrency import CONTEXT, kill, start
+from test_concurrency import kill, start
 
 from orion_sql import SQL
 from support.documents import new_experiment
+from support.forkserver import CONTEXT
 
 WAITERS = 7
 HELD_SECONDS = 0.05

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import multiprocessing
 import pickle
 import queue
 import random
@@ -35,9 +34,8 @@ from orion_sql.database import Database
 from orion_sql.location import ConfigurationError
 from orion_sql.trial_cache import TRIAL_SLOTS, isolated_copy
 from support.documents import T0, new_experiment
+from support.forkserver import CONTEXT
 
-CONTEXT = multiprocessing.get_context("forkserver")
-CONTEXT.set_forkserver_preload(["orion.client", "orion_sql"])
 PROCESSES = 3
 STEPS = 25
 EXPERIMENT_IDS = (101, 102)  # explicit ids, so that a deleted experiment comes back with its id
