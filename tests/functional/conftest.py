@@ -5,6 +5,11 @@ and no inherited ORION_* variable, so the user's global Oríon config and data
 (PickledDB's orion_db.pkl) are neither read nor written. The database is given
 either by a config file (`storage.database.host`) or by the environment
 (ORION_STORAGE_TYPE=sql, ORION_DB_ADDRESS), the two ways Oríon 0.2.7 offers.
+
+The `orion` commands are forked by a launcher that has imported Oríon's heavy
+dependencies once (tests/support/launcher.py: about 3 s of CPU less per command,
+Oríon itself still imported by each command in its own environment);
+`orion_executable_cli` runs the `orion` executable itself, as a user does.
 """
 from __future__ import annotations
 
@@ -26,11 +31,25 @@ from orion_sql import SQL
 from orion_sql.database import Database
 from orion_sql.location import resolve_url
 from orion_sql.models import Base
+from support.launcher import Launcher
 
 ORION = str(Path(sys.executable).with_name("orion"))
 BLACKBOX = Path(__file__).with_name("blackbox.py")
 COMMAND_TIMEOUT_SECONDS = 180
 TABLES = Base.metadata.sorted_tables
+
+
+def isolated_environment(home: Path) -> dict[str, str]:
+    """This process's environment less any ORION_* variable, with HOME and the XDG folders in `home`."""
+    inherited = {key: value for key, value in os.environ.items() if not key.startswith("ORION_")}
+    return {
+        **inherited,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        # Oríon warns at import about optional extras (profet) nobody here uses.
+        "PYTHONWARNINGS": "ignore",
+    }
 
 
 class OrionCLI:
@@ -39,9 +58,11 @@ class OrionCLI:
     `via="file"` passes the database in a config file (``-c``), `via="env"` in
     ORION_STORAGE_TYPE/ORION_DB_ADDRESS, `via="home"` in neither: the isolated
     home's own Oríon configuration file (what `orion-sql setup` writes) has it.
+    With a `launcher`, the `orion` commands are forked by it; without, executed.
     """
 
-    def __init__(self, tmp_path: Path, database_url: str):
+    def __init__(self, tmp_path: Path, database_url: str, launcher: Launcher | None = None):
+        self.launcher = launcher
         self.url = database_url
         self.cwd = tmp_path / "work"
         self.cwd.mkdir()
@@ -51,22 +72,15 @@ class OrionCLI:
         self.config = tmp_path / "orion_config.yaml"
         self.config.write_text(yaml.safe_dump({"storage": {"type": "sql", "database": {"host": database_url}}}))
         self._answers: dict[subprocess.Popen[str], str | None] = {}
-        self.home = home = tmp_path / "home"
-        isolated = {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_DATA_HOME": str(home / ".local" / "share"),
-            # Oríon warns at import about optional extras (profet) nobody here uses.
-            "PYTHONWARNINGS": "ignore",
-        }
-        inherited = {key: value for key, value in os.environ.items() if not key.startswith("ORION_")}
+        self.home = tmp_path / "home"
+        isolated = isolated_environment(self.home)
         # The environment gives a SQLite database as a plain path, the config file as a URL:
         # both forms of storage.database.host get used.
         address = str(make_url(database_url).database) if database_url.startswith("sqlite") else database_url
         self._environments: dict[str, dict[str, str]] = {
-            "file": {**inherited, **isolated},
-            "env": {**inherited, **isolated, "ORION_STORAGE_TYPE": "sql", "ORION_DB_ADDRESS": address},
-            "home": {**inherited, **isolated},
+            "file": isolated,
+            "env": {**isolated, "ORION_STORAGE_TYPE": "sql", "ORION_DB_ADDRESS": address},
+            "home": isolated,
         }
 
     def pickled_databases(self) -> list[Path]:
@@ -85,7 +99,8 @@ class OrionCLI:
         if via == "file":
             position = 2 if command[0] == "db" else 1
             command[position:position] = ["-c", str(self.config)]
-        process = subprocess.Popen(
+        popen = self.launcher.popen if self.launcher is not None and program == ORION else subprocess.Popen
+        process = popen(
             [program, *command],
             cwd=self.cwd,
             env=self._environments[via],
@@ -121,12 +136,29 @@ class OrionCLI:
         return result
 
 
-@pytest.fixture
-def orion_cli(tmp_path, database_url) -> Iterator[OrionCLI]:
-    """Oríon's CLI on a fresh database (once per dialect); checks nothing reached PickledDB."""
-    cli = OrionCLI(tmp_path, database_url)
+@pytest.fixture(scope="session")
+def orion_launcher(tmp_path_factory) -> Iterator[Launcher]:
+    """The fork server of every `orion` command of the session (in a home of its own)."""
+    with Launcher(isolated_environment(tmp_path_factory.mktemp("launcher_home"))) as launcher:
+        yield launcher
+
+
+def _checked_cli(cli: OrionCLI) -> Iterator[OrionCLI]:
     yield cli
     assert cli.pickled_databases() == [], "an orion command fell back to PickledDB"
+
+
+@pytest.fixture
+def orion_cli(tmp_path, database_url, orion_launcher) -> Iterator[OrionCLI]:
+    """Oríon's CLI on a fresh database (once per dialect), its commands forked by the
+    launcher; checks nothing reached PickledDB."""
+    yield from _checked_cli(OrionCLI(tmp_path, database_url, orion_launcher))
+
+
+@pytest.fixture
+def orion_executable_cli(tmp_path, database_url) -> Iterator[OrionCLI]:
+    """The same, each `orion` command the console script executed, as a user runs it."""
+    yield from _checked_cli(OrionCLI(tmp_path, database_url))
 
 
 @pytest.fixture
