@@ -35,6 +35,7 @@ from orion_sql import fencing, mapping
 from orion_sql.database import process_name
 from orion_sql.dialects import Dialect
 from orion_sql.models import PENDING_STATUSES, ParamRow, ResultRow, TrialRow, results, trials
+from orion_sql.prepared import Prepared
 
 # What push_trial_results writes besides results. The trial's `id` (hash of params,
 # lie and parent) and experiment select the row, so those are already equal.
@@ -96,32 +97,32 @@ def completion(dialect: Dialect) -> Complete:
     )
     if dialect.writes_in_with:
         return _completion_in_one_statement(set_trial.returning(TrialRow.id), dialect)
-    clear_results = delete(ResultRow).where(ResultRow.trial_id == bindparam("trial"))
-    add_results = insert(results)
+    clear_results = Prepared(delete(ResultRow).where(ResultRow.trial_id == bindparam("trial")))
+    add_results = Prepared(insert(results))
     if dialect.update_returning:
-        returning_id = set_trial.returning(TrialRow.id)
+        returning_id = Prepared(set_trial.returning(TrialRow.id))
 
         def updated(conn: Connection, binds: dict) -> tuple[int | None, bool]:
-            return conn.execute(returning_id, binds).scalar(), True
+            return returning_id.execute(conn, binds).scalar(), True
 
     else:
         # The reply also says whether the trial has results to clear (a freshly reserved
         # trial has none): then the DELETE, a round trip, is not sent.
         has_results = exists().where(ResultRow.trial_id == TrialRow.id)
-        reporting_id = set_trial.values(id=_reported_id(has_results))
+        reporting_id = Prepared(set_trial.values(id=_reported_id(has_results)))
 
         def updated(conn: Connection, binds: dict) -> tuple[int | None, bool]:
-            return _reported(conn.execute(reporting_id, binds))
+            return _reported(reporting_id.execute(conn, binds))
 
     def update_then_replace(conn: Connection, trial: Trial) -> int | None:
         binds, new_results = _completion_binds(trial)
         trial_id, stale_results = updated(conn, binds)
         if trial_id is not None:
             if stale_results:
-                conn.execute(clear_results, {"trial": trial_id})
+                clear_results.execute(conn, {"trial": trial_id})
             rows = mapping.value_rows(trial_id, new_results)
             if rows:
-                conn.execute(add_results, rows)
+                add_results.execute(conn, rows)
         return trial_id
 
     return update_then_replace
@@ -154,7 +155,7 @@ def _completion_binds(trial: Trial) -> tuple[dict[str, Any], list]:
     document = trial.to_dict()
     pushed = {key: document[key] for key in PUSHED_FIELDS}
     columns = mapping.whole_trial_columns(pushed)
-    binds = {"trial_hash": trial.id, "experiment": trial.experiment, **fencing.token_of(trial)}
+    binds = {"trial_hash": document["id"], "experiment": trial.experiment, **fencing.token_of(trial)}
     binds.update((f"new_{column}", value) for column, value in columns.items())
     return binds, document["results"]
 
@@ -233,8 +234,8 @@ def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
         )
         return dialect.through_index(oldest, trials, _PENDING_INDEX)
 
-    candidates = union_all(*(first_unlocked(status) for status in PENDING_STATUSES))
-    reserve = (
+    candidates = Prepared(union_all(*(first_unlocked(status) for status in PENDING_STATUSES)))
+    reserve = Prepared(
         update(trials)
         .where(TrialRow.id == bindparam("trial"))
         .values(
@@ -244,36 +245,30 @@ def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
             worker=bindparam("reserving_worker"),
         )
     )
-    values = values_of_trials([bindparam("trial")], ordered=False)
+    values = Prepared(values_of_trials([bindparam("trial")], ordered=False))
 
     def pick_reserve_read(conn: Connection, experiment_id: int, worker: str) -> dict | None:
-        rows = conn.execute(candidates, {"experiment": experiment_id}).all()
+        rows = candidates.mappings(conn, {"experiment": experiment_id})
         if not rows:
             return None
-        row = min(rows, key=lambda candidate: candidate.id)
-        now = row.reserved_at
-        conn.execute(reserve, {"trial": row.id, "now": now, "reserving_worker": worker})
+        row = min(rows, key=lambda candidate: candidate["id"])
+        now = row["reserved_at"]
+        reserve.execute(conn, {"trial": row["id"], "now": now, "reserving_worker": worker})
         reserved = {
-            **row._mapping,
+            **row,
             "experiment_id": experiment_id,
             "status": "reserved",
             "start_time": now,
             "heartbeat": now,
             "worker": worker,
         }
-        found = conn.execute(values, {"trial": row.id}).mappings().all()
-        in_order = sorted(found, key=lambda value: (value["kind"], value["position"]))
-        return trial_documents_of([_Row(reserved)], in_order)[0]
+        found = values.mappings(conn, {"trial": row["id"]})
+        by_kind: dict[str, list] = {"params": [], "results": []}
+        for value in sorted(found, key=lambda value: (value["kind"], value["position"])):
+            by_kind[value["kind"]].append(mapping.value_document(value))
+        return mapping.trial_document(reserved, **by_kind)
 
     return pick_reserve_read
-
-
-class _Row:
-    """A row's mapping as :func:`trial_documents_of` reads rows (``row.id``, ``row._mapping``)."""
-
-    def __init__(self, mapping: dict):
-        self._mapping = mapping
-        self.id = mapping["id"]
 
 
 def _reservation_in_one_statement(reserve: Update) -> Reserve:
