@@ -151,13 +151,14 @@ def _completion_in_one_statement(set_trial: Update, dialect: Dialect) -> Complet
 
 def _completion_binds(trial: Trial) -> tuple[dict[str, Any], list]:
     """The binds of a completion's UPDATE (``trial_hash``, ``experiment``, ``new_<column>``),
-    and the trial's new results."""
-    document = trial.to_dict()
-    pushed = {key: document[key] for key in PUSHED_FIELDS}
+    and the trial's new results. Read from the trial's attributes, as ``Trial.to_dict``
+    reads them, without what it adds: a copy of every param and the trial's hash
+    computed twice more."""
+    pushed = {key: getattr(trial, key) for key in PUSHED_FIELDS}
     columns = mapping.whole_trial_columns(pushed)
-    binds = {"trial_hash": document["id"], "experiment": trial.experiment, **fencing.token_of(trial)}
+    binds = {"trial_hash": trial.id, "experiment": trial.experiment, **fencing.token_of(trial)}
     binds.update((f"new_{column}", value) for column, value in columns.items())
-    return binds, document["results"]
+    return binds, [result.to_dict() for result in trial.results]
 
 
 def reservation(dialect: Dialect) -> Reserve:
