@@ -32,9 +32,12 @@ class _Compiled:
 
     def __init__(self, statement: ClauseElement, dialect: SqlDialect):
         compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+        if compiled.escaped_bind_names:  # the SQL would name binds other than the statement's
+            raise ValueError(f"bind names the driver cannot take as they are: {sorted(compiled.escaped_bind_names)}")
         self.sql = compiled.string
-        # Values the statement carries itself (literals SQLAlchemy bound: 'new', LIMIT 1).
-        self.defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        # Every bind, with the value the statement carries (literals SQLAlchemy bound: 'new',
+        # LIMIT 1), None for those each call gives.
+        self.defaults = dict(compiled.params)
         self.positions = compiled.positiontup if compiled.positional else None
         self.bind_processors = [
             (name, processor)
@@ -51,7 +54,7 @@ class _Compiled:
         """The driver's parameters for one row of `binds`, processed as SQLAlchemy would."""
         values = {**self.defaults, **binds}
         for name, process in self.bind_processors:
-            values[name] = process(values.get(name))
+            values[name] = process(values[name])
         if self.positions is not None:
             return tuple(values[name] for name in self.positions)
         return values
