@@ -21,13 +21,18 @@ seconds apart on a shared machine whose load changes. Goal (issue 3): at 4 worke
 on PostgreSQL does at least half of raw-psycopg's rate and 20 times PickledDB's;
 (issue 14) on MariaDB at least half of raw-pymysql's.
 
-    python benchmarks/reserve_throughput.py [--quick] [--backends sql-mariadb,raw-pymysql]
+    python benchmarks/reserve_throughput.py [--quick] [--runs 3] [--backends sql-mariadb,raw-pymysql]
+
+With ``--runs N`` each configuration runs N times and the table shows median rates and
+the median of the ratios within runs: on a shared machine one run's ratio at 4 workers
+varied from 0.48 to 0.70 within an hour, for the same code.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
 import json
+import statistics
 import sys
 import time
 
@@ -189,11 +194,11 @@ def raw_mariadb_worker(barrier, backend: str, location: str, experiment_id, seco
 RAW_WORKERS = {"raw-psycopg": raw_worker, "raw-pymysql": raw_mariadb_worker}
 
 
-def measure(backend: str, location: str, count: int, trials: int, seconds: float) -> float:
-    """Pairs per second of `count` workers, on a fresh experiment."""
+def measure(backend: str, location: str, count: int, trials: int, seconds: float, run: int = 0) -> float:
+    """Pairs per second of `count` workers, on a fresh experiment (the `run`-th of this configuration)."""
     storage = open_storage("sql" if backend in RAW_WORKERS else backend, location)
     fill = fill_pickleddb if backend == "pickleddb" else fill_sql
-    experiment_id = fill(storage, f"{backend}-{count}", trials)
+    experiment_id = fill(storage, f"{backend}-{count}-{run}", trials)
     worker = RAW_WORKERS.get(backend, protocol_worker)
     done, elapsed = common.run_together(worker, [(backend, location, experiment_id, seconds)] * count)
     print(f"  {backend:15s} {count} workers: {sum(done):6d} pairs in {elapsed:5.2f}s", file=sys.stderr)
@@ -213,6 +218,7 @@ def main() -> None:
     args = common.arguments(
         __doc__.splitlines()[0],
         ("--backends", {"default": ",".join(BACKENDS), "help": f"comma-separated, of {', '.join(BACKENDS)}"}),
+        ("--runs", {"type": int, "default": 1, "help": "runs of each configuration; medians are shown (default 1)"}),
     )
     backends = [backend for backend in BACKENDS if backend in args.backends.split(",")]
     trials, seconds = (1500, 1.5) if args.quick else (4000, 4.0)
@@ -228,28 +234,39 @@ def main() -> None:
             SQL(uri=mariadb).close()  # likewise for MariaDB
             locations.update({"sql-mariadb": mariadb, "raw-pymysql": mariadb})
         # Every backend at 1 worker, then every one at 2...: the runs a ratio compares are
-        # seconds apart, not a whole series apart, on a machine whose load changes.
-        rates = {backend: {} for backend in backends}
+        # seconds apart, not a whole series apart, on a machine whose load changes. With
+        # several runs, each run of a worker count goes through the backends in the
+        # opposite order of the run before, so neither loop always runs first.
+        runs = {backend: {count: [] for count in WORKERS} for backend in backends}
         for count in WORKERS:
-            for backend in backends:
-                rates[backend][count] = measure(backend, locations[backend], count, trials, seconds)
+            for run in range(args.runs):
+                for backend in backends[::-1 if run % 2 else 1]:
+                    runs[backend][count].append(measure(backend, locations[backend], count, trials, seconds, run))
+    rates = {backend: {count: statistics.median(got) for count, got in by.items()} for backend, by in runs.items()}
 
     ratios = [(name, top, bottom, goal) for name, top, bottom, goal in RATIOS if top in rates and bottom in rates]
+
+    def ratio_runs(top: str, bottom: str, count: int) -> list[float]:
+        """The ratio within each run (its two loops seconds apart), not of the medians."""
+        return [a / b for a, b in zip(runs[top][count], runs[bottom][count], strict=True)]
+
     rows = [
         [count, *(rates[backend][count] for backend in backends),
-         *(rates[top][count] / rates[bottom][count] for _, top, bottom, _ in ratios)]
+         *(statistics.median(ratio_runs(top, bottom, count)) for _, top, bottom, _ in ratios)]
         for count in WORKERS
     ]
     headers = ["workers", *backends, *(name for name, *_ in ratios)]
-    print(f"\nReserve+complete pairs per second ({trials} pending trials, {seconds}s per run)")
+    medians = f", medians of {args.runs} runs" if args.runs > 1 else ""
+    print(f"\nReserve+complete pairs per second ({trials} pending trials, {seconds}s per run{medians})")
     print(tabulate(rows, headers=headers, floatfmt=".1f"))
     for name, top, bottom, goal in ratios:
         if goal is not None:
-            got = rates[top][4] / rates[bottom][4]
-            print(f"Goal at 4 workers: {name} >= {goal} (got {got:.2f})")
+            got = ratio_runs(top, bottom, 4)
+            spread = f"; runs: {', '.join(f'{ratio:.2f}' for ratio in got)}" if len(got) > 1 else ""
+            print(f"Goal at 4 workers: {name} >= {goal} (got {statistics.median(got):.2f}{spread})")
     note = common.machine_note()
     print(note)
-    payload = {"trials": trials, "seconds": seconds, "rates": rates, "note": note}
+    payload = {"trials": trials, "seconds": seconds, "rates": rates, "runs": runs, "note": note}
     print("saved", common.save(args.out, "reserve_throughput", payload))
     print(
         "saved",
