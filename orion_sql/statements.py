@@ -8,6 +8,7 @@ statements: one round trip each.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +25,12 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     select,
     union_all,
     update,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.sql import CompoundSelect, Update
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -97,32 +100,52 @@ def completion(dialect: Dialect) -> Complete:
     )
     if dialect.writes_in_with:
         return _completion_in_one_statement(set_trial.returning(TrialRow.id), dialect)
+    if not dialect.update_returning:
+        return _completion_through_last_insert_id(set_trial)
     clear_results = Prepared(delete(ResultRow).where(ResultRow.trial_id == bindparam("trial")))
     add_results = Prepared(insert(results))
-    if dialect.update_returning:
-        returning_id = Prepared(set_trial.returning(TrialRow.id))
-
-        def updated(conn: Connection, binds: dict) -> tuple[int | None, bool]:
-            return returning_id.execute(conn, binds).scalar(), True
-
-    else:
-        # The reply also says whether the trial has results to clear (a freshly reserved
-        # trial has none): then the DELETE, a round trip, is not sent.
-        has_results = exists().where(ResultRow.trial_id == TrialRow.id)
-        reporting_id = Prepared(set_trial.values(id=_reported_id(has_results)))
-
-        def updated(conn: Connection, binds: dict) -> tuple[int | None, bool]:
-            return _reported(reporting_id.execute(conn, binds))
+    returning_id = Prepared(set_trial.returning(TrialRow.id))
 
     def update_then_replace(conn: Connection, trial: Trial) -> int | None:
         binds, new_results = _completion_binds(trial)
-        trial_id, stale_results = updated(conn, binds)
+        trial_id = returning_id.execute(conn, binds).scalar()
         if trial_id is not None:
-            if stale_results:
-                clear_results.execute(conn, {"trial": trial_id})
+            clear_results.execute(conn, {"trial": trial_id})
             rows = mapping.value_rows(trial_id, new_results)
             if rows:
                 add_results.execute(conn, rows)
+        return trial_id
+
+    return update_then_replace
+
+
+def _completion_through_last_insert_id(set_trial: Update) -> Complete:
+    """Completion where UPDATE returns nothing (MariaDB). The UPDATE leaves the row's
+    id, and whether the trial had results, in LAST_INSERT_ID (:func:`_reported_id`);
+    the results' INSERT (an upsert by position) takes the id from there and hands it
+    back in its reply, and only a trial that had results then gets a DELETE of those
+    beyond the new ones: a freshly reserved trial's completion is two statements.
+    (The UPDATE's own reply cannot hand the id back: a trigger on trials, revision
+    0006, clears it from the reply of the statement that fires it.)"""
+    has_results = exists().where(ResultRow.trial_id == TrialRow.id)
+    reporting = Prepared(set_trial.values(id=_reported_id(has_results)))
+    reported = select(literal_column("LAST_INSERT_ID()", BigInteger))
+    beyond = Prepared(
+        delete(ResultRow).where(ResultRow.trial_id == bindparam("trial"), ResultRow.position >= bindparam("count"))
+    )
+
+    def update_then_replace(conn: Connection, trial: Trial) -> int | None:
+        binds, new_results = _completion_binds(trial)
+        if not reporting.execute(conn, binds).rowcount:
+            return None
+        rows = mapping.value_rows(None, new_results)
+        if rows:  # (Oríon's completions have results)
+            numbered = {f"{key}_{index}": value for index, row in enumerate(rows) for key, value in row.items()}
+            trial_id, had_results = _decoded(_results_upsert(len(rows)).execute(conn, numbered).lastrowid)
+        else:
+            trial_id, had_results = _decoded(conn.execute(reported).scalar_one())
+        if had_results:
+            beyond.execute(conn, {"trial": trial_id, "count": len(rows)})
         return trial_id
 
     return update_then_replace
@@ -299,19 +322,42 @@ _ID_SHIFT = 2**31
 
 
 def _reported_id(flag: ColumnElement[bool] | None = None):
-    """Where UPDATE returns nothing (MariaDB): the value to set ``id`` to (itself) so that
-    the UPDATE hands the row's id back in its reply, as LAST_INSERT_ID, with `flag` (a
-    condition on the row, false if not given) as its lowest bit (see :func:`_reported`)."""
+    """Where UPDATE returns nothing (MariaDB): the value to set ``id`` to (itself) so
+    that the UPDATE leaves the row's id in LAST_INSERT_ID, with `flag` (a condition on
+    the row, false if not given) as its lowest bit (see :func:`_decoded`)."""
     bit = cast(flag, Integer) if flag is not None else literal(0)
     reported = cast(func.last_insert_id((TrialRow.id + _ID_SHIFT) * 2 + bit), BigInteger)
     return reported.op("DIV")(2) - _ID_SHIFT
 
 
-def _reported(result) -> tuple[int | None, bool]:
-    """The id an UPDATE setting :func:`_reported_id` matched (None if it matched none), and its flag."""
-    if not result.rowcount:
-        return None, False
-    return (result.lastrowid >> 1) - _ID_SHIFT, bool(result.lastrowid & 1)
+def _last_insert_id(again: bool = False) -> ColumnElement[int]:
+    """The row id :func:`_reported_id` left in LAST_INSERT_ID, its flag dropped. With
+    `again`, read as LAST_INSERT_ID(LAST_INSERT_ID()): the same value, and the reply of
+    the statement (one that fires no trigger) then carries it. (Signed arithmetic:
+    LAST_INSERT_ID is unsigned, and ids may be negative.)"""
+    reported = literal_column("LAST_INSERT_ID(LAST_INSERT_ID())" if again else "LAST_INSERT_ID()", BigInteger)
+    return cast(reported, BigInteger).op("DIV")(2) - _ID_SHIFT
+
+
+def _decoded(reported: int) -> tuple[int, bool]:
+    """The id and flag :func:`_reported_id` left in LAST_INSERT_ID."""
+    return (reported >> 1) - _ID_SHIFT, bool(reported & 1)
+
+
+@functools.cache
+def _results_upsert(count: int) -> Prepared:
+    """MariaDB: `count` results (binds ``<column>_<index>``) of the trial whose id
+    :func:`_reported_id` left in LAST_INSERT_ID, replacing those at the same positions;
+    the statement's reply carries LAST_INSERT_ID (see :func:`_completion_through_last_insert_id`)."""
+    trial_id = _last_insert_id(again=True)
+    columns = [column for column in results.c if column.name != "trial_id"]
+    rows = [
+        {"trial_id": trial_id, **{column.name: bindparam(f"{column.name}_{index}", type_=column.type)
+                                  for column in columns}}
+        for index in range(count)
+    ]
+    upsert = mysql.insert(results).values(rows)
+    return Prepared(upsert.on_duplicate_key_update({column.name: upsert.inserted[column.name] for column in columns}))
 
 
 # A status change: (connection, binds) -> the trial's new start time in a row, None if
@@ -332,15 +378,15 @@ def status_change(dialect: Dialect, trial_clause, was: str, status: str, heartbe
     if dialect.update_returning:
         returning = change.returning(TrialRow.start_time)
         return lambda conn, binds: conn.execute(returning, binds).first()
-    # MariaDB: the row's id comes back in the UPDATE's reply, then its start time is read.
+    # MariaDB: the UPDATE leaves the row's id in LAST_INSERT_ID, where the read of its
+    # start time finds it.
     change = change.values(id=_reported_id())
-    start_time = select(TrialRow.start_time).where(TrialRow.id == bindparam("trial"))
+    start_time = select(TrialRow.start_time).where(TrialRow.id == _last_insert_id())
 
     def change_then_read(conn: Connection, binds: dict):
-        trial_id, _ = _reported(conn.execute(change, binds))
-        if trial_id is None:
+        if not conn.execute(change, binds).rowcount:
             return None
-        return conn.execute(start_time, {"trial": trial_id}).first()
+        return conn.execute(start_time).first()
 
     return change_then_read
 
