@@ -102,8 +102,7 @@ class SQL(DocumentMethods, AlgorithmLockMethods, BaseStorageProtocol):
     def _start(self) -> None:
         """What a storage object builds for itself (not pickled)."""
         self._lock = algorithm_lock(self._db, self._lock_expiry)
-        caching = self._cache_trials and self._db.dialect.tracks_trial_changes
-        self._cache = TrialCache(self._db.dialect, self._cache_trials) if caching else None
+        self._cache = TrialCache(self._db.dialect, self._cache_trials) if self._cache_trials else None
 
     def __repr__(self) -> str:
         return f"SQL(uri={redact(self._db.url)!r})"

@@ -7,16 +7,21 @@ per experiment, the trials last read, with three numbers from the database
 - ``incarnation``, random per experiment row: a deleted experiment whose id is
   reused is a different one;
 - ``trial_deletions``: a deleted trial makes the next read start over;
+- ``run``: which run of the database server the marks were taken in (a restart
+  makes the next read start over: after a crash, MariaDB's sequence hands out again
+  values drawn after its last durable write, PostgreSQL its transaction ids);
 - ``mark``: what the snapshot of the last read had seen of trial changes. A
   row's ``change_stamp`` is set by whichever transaction writes it; what stamps
   and marks are (a transaction id and a snapshot on PostgreSQL, a per-experiment
-  counter on SQLite) is the dialect's (:meth:`Dialect.trial_change_mark`,
-  :meth:`Dialect.unseen_trial_changes`).
+  counter on SQLite, a sequence's value drawn behind a barrier on MariaDB) is the
+  dialect's (:meth:`Dialect.trial_change_mark`, :meth:`Dialect.unseen_trial_changes`,
+  :meth:`Dialect.trial_change_barrier`).
 
 A read asks one small statement whether anything changed (:func:`check_statement`);
-if not, it returns copies of the cached trials. Otherwise it reads, in one
-snapshot, the trial rows that snapshot ``mark`` did not see, with their values, and
-merges them. Returned trials are the caller's: :class:`SharedTrial` views of the
+if not, it returns copies of the cached trials. Otherwise it passes the dialect's
+barrier, if it has one (MariaDB: wait for the experiment's writers under way), then
+reads, in one snapshot, the trial rows that snapshot ``mark`` did not see, with
+their values, and merges them. Returned trials are the caller's: :class:`SharedTrial` views of the
 cached ones, which copy their params and results at the first touch and keep the
 cached trial's hashes while those are still shared.
 """
@@ -37,10 +42,11 @@ from typing import Any
 
 from orion.core.worker.trial import Trial
 from sqlalchemy import CompoundSelect, Connection, Select, bindparam, exists, select
+from sqlalchemy.exc import DBAPIError
 
 from orion_sql import mapping
 from orion_sql.database import Database
-from orion_sql.dialects import Dialect
+from orion_sql.dialects import Dialect, ErrorKind
 from orion_sql.exact_json import loads_value
 from orion_sql.models import ExperimentRow, TrialRow, experiments, trials
 from orion_sql.statements import values_of_trials
@@ -56,6 +62,7 @@ class _Experiment:
 
     incarnation: int
     deletions: int
+    run: Any
     mark: Any
     by_id: dict[int, _Stored]
     order: list[int]  # ids by submit time (none first), then id: as the storage sorts
@@ -75,6 +82,7 @@ class TrialCache:
     def __init__(self, dialect: Dialect, max_trials: int):
         self.max_trials = max_trials
         self._check = check_statement(dialect)
+        self._barrier = dialect.trial_change_barrier()
         self._changed_rows, self._changed_values = changed_trials_statements(dialect)
         self._experiments: collections.OrderedDict[int, _Experiment] = collections.OrderedDict()
         self._lock = threading.Lock()
@@ -93,7 +101,8 @@ class TrialCache:
             if cached is not None and _same(cached, found) and not found.changed:
                 cached.mark = found.mark  # a later snapshot that saw nothing more
             else:
-                cached = database.run(lambda conn: self._refresh(conn, experiment_id, cached), write=False)
+                barrier = self._pass_barrier(database, experiment_id)
+                cached = database.run(lambda conn: self._refresh(conn, experiment_id, cached, barrier), write=False)
                 if cached is None:  # deleted since the check
                     self._experiments.pop(experiment_id, None)
                     return []
@@ -112,19 +121,42 @@ class TrialCache:
         """How many trials are cached."""
         return sum(len(cached.by_id) for cached in self._experiments.values())
 
-    def _refresh(self, conn: Connection, experiment_id: int, cached: _Experiment | None) -> _Experiment | None:
-        """The experiment's cache entry brought up to this transaction's snapshot."""
+    def _pass_barrier(self, database: Database, experiment_id: int) -> Any:
+        """The dialect's barrier passed: a row of the mark it gives a snapshot taken
+        after it and the server's run, or None (no barrier, the experiment is gone, or
+        a writer held on past the barrier's wait)."""
+        barrier = self._barrier
+        if barrier is None:
+            return None
+        binds = {"experiment": experiment_id}
+        try:
+            return database.run(lambda conn: conn.execute(barrier, binds).first(), write=False, autocommit=True)
+        except DBAPIError as error:
+            if database.dialect.classify(error) is ErrorKind.LOCK_NOT_AVAILABLE:
+                return None
+            raise
+
+    def _refresh(
+        self, conn: Connection, experiment_id: int, cached: _Experiment | None, barrier: Any
+    ) -> _Experiment | None:
+        """The experiment's cache entry brought up to this transaction's snapshot, marked
+        with the `barrier`'s mark (if passed in this run of the server), else with the
+        snapshot's own (where the dialect has no barrier), else with the mark it was read
+        since (None: read whole next time)."""
         since = cached.mark if cached else None
         found = conn.execute(self._check, {"experiment": experiment_id, "since": since}).first()
         if found is None:
             return None
         if cached is None or not _same(cached, found):
-            cached, since = _Experiment(found.incarnation, found.deletions, None, {}, []), None
+            cached, since = _Experiment(found.incarnation, found.deletions, found.run, None, {}, []), None
         binds = {"experiment": experiment_id, "since": since}
         rows = conn.execute(self._changed_rows, binds).all()
         if rows:
             _merge(cached, build_trials(rows, conn.execute(self._changed_values, binds)))
-        cached.mark = found.mark
+        if barrier is not None and barrier.run == found.run:
+            cached.mark = barrier.mark
+        else:
+            cached.mark = found.mark if self._barrier is None else since
         return cached
 
     def _forget_beyond_bounds(self) -> None:
@@ -153,7 +185,7 @@ def paused_gc() -> Iterator[None]:
 
 
 def _same(cached: _Experiment, found) -> bool:
-    return cached.incarnation == found.incarnation and cached.deletions == found.deletions
+    return (cached.incarnation, cached.deletions, cached.run) == (found.incarnation, found.deletions, found.run)
 
 
 def _sort_key(trial: Trial) -> tuple:
@@ -193,14 +225,15 @@ def _merge(cached: _Experiment, changed: Iterable[_Stored]) -> None:
 
 def check_statement(dialect: Dialect) -> Select:
     """The experiment's incarnation and trial deletions, this snapshot's change mark,
-    and whether a trial changed unseen by the snapshot of mark ``since``: one row, or
+    the server's run, and whether a trial changed unseen by the snapshot of mark ``since``: one row, or
     none when the experiment does not exist (binds ``experiment``, ``since``)."""
     unseen = dialect.unseen_trial_changes(trials.c.change_stamp)
     changed = exists().where(TrialRow.experiment_id == ExperimentRow.id, unseen)
     return select(
         ExperimentRow.incarnation,
-        ExperimentRow.trial_deletions.label("deletions"),
+        dialect.trial_deletions(experiments).label("deletions"),
         dialect.trial_change_mark(experiments).label("mark"),
+        dialect.server_run().label("run"),
         changed.label("changed"),
     ).where(ExperimentRow.id == bindparam("experiment"))
 

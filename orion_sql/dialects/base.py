@@ -7,7 +7,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, Table, literal
+from sqlalchemy import Connection, Engine, Executable, Select, Table, literal, null
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
@@ -49,8 +49,6 @@ class Dialect(abc.ABC):
     transactional_ddl: bool = True
     # Whether UPDATE ... RETURNING exists (MariaDB returns rows from INSERT and DELETE only).
     update_returning: bool = True
-    # Whether revision 0003's change stamps serve a trial cache (see orion_sql.trial_cache).
-    tracks_trial_changes: bool = True
 
     def json_serializer(self, value: Any) -> str:
         """The text a JSON column holds for `value` (see :mod:`orion_sql.exact_json`)."""
@@ -110,6 +108,25 @@ class Dialect(abc.ABC):
         """True where a trial row's `stamp` was written by a transaction the snapshot
         whose mark is bound as ``since`` did not see; everywhere when ``since`` is NULL."""
         raise NotImplementedError(f"{self.name} does not track trial changes")
+
+    def trial_change_barrier(self) -> Executable | None:
+        """Where a snapshot cannot tell which trial changes it saw (MariaDB): a statement
+        that waits until every trial write under way in the experiment bound as
+        ``experiment`` has ended, and returns a mark that every stamp of those writes is
+        below (no row: the experiment is gone). A snapshot taken after it has seen every
+        stamp below that mark. None where :meth:`trial_change_mark` says it."""
+        return None
+
+    def server_run(self) -> ColumnElement:
+        """In a query: what tells this run of the database server from the next (NULL
+        where there is no server). A trial change mark is of one run: after a crash, a
+        server may hand out again the values a reader's mark was taken after."""
+        return null()
+
+    def trial_deletions(self, experiments: Table) -> ColumnElement[int]:
+        """In a query on `experiments`: how many of the experiment's trials were ever
+        deleted (or moved to another experiment). See revision 0003."""
+        return experiments.c.trial_deletions
 
     def set_lock_timeout(self, conn: Connection, seconds: float) -> None:
         """Inside a transaction: wait at most `seconds` for a row lock (row-locking databases)."""

@@ -18,8 +18,18 @@ What differs from PostgreSQL, and how it is met here:
   (``utf8mb4_nopad_bin`` on every text column), as Python compares strings.
 - Indexed text columns are ``VARCHAR(760)``: InnoDB keys hold 3072 bytes, 4 per
   utf8mb4 character. Longer names are refused with a ValueError (see mapping).
-- No trial cache (``tracks_trial_changes`` is False): a per-experiment change counter
-  deadlocked under concurrent writers, and a commit-ordered stamp is not available.
+- Trial changes (the trial cache, see :mod:`orion_sql.trial_cache`): no transaction
+  id orders them and no snapshot says which it saw, so stamps come from a sequence,
+  drawn by a trigger while the writer holds a SHARED lock on the experiment's row
+  (revision 0006). A read that finds changes first passes a barrier
+  (:meth:`MariaDBDialect.trial_change_barrier`): the row FOR UPDATE, which waits for
+  the writers under way, and a value of the sequence drawn under it, below which
+  every stamp is committed for good. That value is the mark of the snapshot read
+  next; a read that finds nothing changed keeps its mark. The barrier waits at most
+  a second (a transaction left open by hand): then the read keeps its old mark and
+  reads again, next time, what changed since. Deletions are counted in
+  ``orion_sql_trial_deletions`` (a trigger updating ``experiments`` would make the
+  shared lock an exclusive one: see the revision).
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import math
 import zlib
 
 from pymysql.constants import SERVER_STATUS
-from sqlalchemy import cast, event, func, literal, literal_column, text
+from sqlalchemy import BigInteger, bindparam, cast, column, event, func, literal, literal_column, select, table, text
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -47,6 +57,17 @@ COLLATION = "utf8mb4_nopad_bin"
 _LOCK_TIMEOUT_CHANGED = "orion_sql_lock_timeout_changed"
 # Key of a connection's info: it holds the migration lock (released on check-in).
 _MIGRATION_LOCK_HELD = "orion_sql_migration_lock_held"
+
+# Revision 0006: how long a reader's barrier waits for the experiment's writers (whole
+# seconds), and where deleted trials are counted.
+BARRIER_WAIT_SECONDS = 1
+_TRIAL_DELETIONS = table("orion_sql_trial_deletions", column("experiment_id"), column("deletions"))
+# When the server started, in whole seconds: both terms are taken at the statement's start,
+# so it is exact (the same over thousands of statements across second boundaries).
+_SERVER_RUN = (
+    "(UNIX_TIMESTAMP() - (SELECT CAST(VARIABLE_VALUE AS SIGNED) FROM information_schema.GLOBAL_STATUS"
+    " WHERE VARIABLE_NAME = 'UPTIME'))"
+)
 
 # MariaDB's error numbers (the first argument of PyMySQL's errors).
 _ERRORS = {
@@ -102,7 +123,6 @@ class MariaDBDialect(Dialect):
     has_row_locks = True
     update_returning = False
     transactional_ddl = False
-    tracks_trial_changes = False
 
     def __init__(self, url: URL | None = None):
         self.url = url
@@ -167,6 +187,31 @@ class MariaDBDialect(Dialect):
         if not write and not autocommit:
             with conn.connection.dbapi_connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+    def trial_change_mark(self, experiments):
+        # A snapshot alone tells nothing of writers under way: the mark stays where the
+        # last barrier put it.
+        return bindparam("since", type_=BigInteger)
+
+    def unseen_trial_changes(self, stamp):
+        return stamp > func.coalesce(bindparam("since", type_=BigInteger), -1)
+
+    def trial_change_barrier(self):
+        # The value is drawn once the row lock is granted (the select list is evaluated on
+        # the locked row), when no writer holds the shared lock it took before its stamp.
+        return text(
+            f"SELECT NEXTVAL(orion_sql_trial_stamps) AS mark, {_SERVER_RUN} AS run"
+            f" FROM experiments WHERE id = :experiment FOR UPDATE WAIT {BARRIER_WAIT_SECONDS}"
+        )
+
+    def server_run(self):
+        # After a crash the sequence starts again from its last durable state, which may
+        # be below values drawn since (checked: SIGKILLed after 1,006 draws, it began again at 1).
+        return literal_column(_SERVER_RUN, BigInteger)
+
+    def trial_deletions(self, experiments):
+        counted = select(_TRIAL_DELETIONS.c.deletions).where(_TRIAL_DELETIONS.c.experiment_id == experiments.c.id)
+        return func.coalesce(counted.scalar_subquery(), 0)
 
     def now(self, minus=None):
         now = func.utc_timestamp(6, type_=UtcDateTime)

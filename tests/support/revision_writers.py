@@ -204,4 +204,5 @@ WRITERS: dict[str, Callable[[sa.Connection, OrionRecord], int]] = {
     "0003_trial_change_tracking": write_0001_initial,
     "0004_times_written_as_text": write_0001_initial,  # a nullable column, NULL for datetimes
     "0005_algo_lock_queue": write_0001_initial,  # a new table of transient lock waiters only
+    "0006_mariadb_trial_stamps": write_0001_initial,  # MariaDB's triggers; nothing elsewhere
 }

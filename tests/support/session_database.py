@@ -114,6 +114,8 @@ class MariaDBServer:
         "  FROM information_schema.routines WHERE routine_schema = DATABASE()"
         " UNION ALL SELECT CONCAT_WS(' ', 'view', table_name, MD5(view_definition))"
         "  FROM information_schema.views WHERE table_schema = DATABASE()"
+        " UNION ALL SELECT CONCAT_WS(' ', 'table', table_name, table_type, engine)"
+        "  FROM information_schema.tables WHERE table_schema = DATABASE()"
         f" UNION ALL SELECT CONCAT('revision ', version_num) FROM {VERSION_TABLE}"
         ") AS items"
     )
