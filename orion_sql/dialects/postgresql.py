@@ -127,6 +127,11 @@ class PostgreSQLDialect(Dialect):
         # Stamps are writers' transaction ids; the snapshot says which it saw.
         return cast(func.pg_current_snapshot(), Text)
 
+    def server_run(self):
+        # After a crash, transaction ids that reached no durable WAL (a transaction that
+        # aborted, say) are handed out again: a snapshot taken before means nothing after.
+        return func.pg_postmaster_start_time()
+
     def unseen_trial_changes(self, stamp):
         # A snapshot as text is "xmin:xmax:running,running". Unseen: transactions running
         # when it was taken, or begun after its xmax; both are probes of the index on
