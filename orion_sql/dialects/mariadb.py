@@ -29,7 +29,11 @@ What differs from PostgreSQL, and how it is met here:
   a second (a transaction left open by hand): then the read keeps its old mark and
   reads again, next time, what changed since. Deletions are counted in
   ``orion_sql_trial_deletions`` (a trigger updating ``experiments`` would make the
-  shared lock an exclusive one: see the revision).
+  shared lock an exclusive one: see the revision). A crash loses the sequence's values
+  drawn since the redo log was last written out, so marks hold within one run of the
+  server (:meth:`MariaDBDialect.server_run`). Any trigger on ``trials`` also empties the
+  insert id of the reply of the statement that fires it: a completion reads the trial's
+  id back from its results' INSERT (:mod:`orion_sql.statements`).
 """
 from __future__ import annotations
 
