@@ -31,6 +31,7 @@ class _Compiled:
     """A statement compiled for one SQLAlchemy dialect, with what each call applies."""
 
     def __init__(self, statement: ClauseElement, dialect: SqlDialect):
+        self.dialect = dialect
         compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
         if compiled.escaped_bind_names:  # the SQL would name binds other than the statement's
             raise ValueError(f"bind names the driver cannot take as they are: {sorted(compiled.escaped_bind_names)}")
@@ -66,13 +67,14 @@ class Prepared:
     def __init__(self, statement: ClauseElement):
         self.statement = statement
         self._compiled: _Compiled | None = None
-        self._dialect: SqlDialect | None = None
 
     def _for(self, dialect: SqlDialect) -> _Compiled:
-        if dialect is not self._dialect:  # a new engine (a forked child builds its own)
-            self._compiled, self._dialect = _Compiled(self.statement, dialect), dialect
-        assert self._compiled is not None
-        return self._compiled
+        # One read of the attribute: a thread using another engine's dialect meanwhile
+        # may replace it, never hand this one a statement compiled for that dialect.
+        compiled = self._compiled
+        if compiled is None or compiled.dialect is not dialect:  # a new engine (a forked child builds its own)
+            compiled = self._compiled = _Compiled(self.statement, dialect)
+        return compiled
 
     def execute(self, conn: Connection, binds: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> CursorResult:
         """Run with one row of `binds`, or many (one executemany)."""
