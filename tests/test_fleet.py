@@ -15,8 +15,8 @@ from __future__ import annotations
 import collections
 import itertools
 import os
-import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from orion.client import create_experiment
@@ -75,7 +75,9 @@ def _trivial_objective(x):
     return [{"name": "objective", "type": "objective", "value": x}]
 
 
-def _orion_worker(storage: dict, name: str, trials: int, objective, per_worker: int | None = None) -> int:
+def _orion_worker(
+    storage: dict, name: str, trials: int, objective, working_dir: str, per_worker: int | None = None
+) -> int:
     """One Oríon worker process: workon until the experiment is done, or it completed
     `per_worker` trials; the number it completed."""
     client = create_experiment(
@@ -86,7 +88,7 @@ def _orion_worker(storage: dict, name: str, trials: int, objective, per_worker: 
         storage=storage,
         # One working folder for all: a trial suggested by another worker runs in the
         # folder of the experiment, which Oríon would otherwise make per worker and delete.
-        working_dir=os.path.join(tempfile.gettempdir(), f"orion_sql_fleet_{os.getppid()}_{name}"),
+        working_dir=working_dir,
     )
     with client.tmp_executor("singleexecutor", n_workers=1):
         # pool_size: the first to hold the algorithm lock suggests every trial; the others
@@ -108,11 +110,12 @@ def _assert_complete(url: str, name: str, trials: int, completed_per_worker: lis
 
 
 @pytest.mark.slow
-def test_four_workers_ride_out_two_restarts_of_their_server(restartable):
+def test_four_workers_ride_out_two_restarts_of_their_server(restartable, tmp_path):
     own_server, own_database = restartable
     storage = {"type": "sql", "uri": own_database}
     name = "restarts"
-    processes, results = start_children(_orion_worker, [(storage, name, RESTART_TRIALS, _slow_objective)] * 4)
+    args = (storage, name, RESTART_TRIALS, _slow_objective, str(tmp_path))
+    processes, results = start_children(_orion_worker, [args] * 4)
     watcher = SQL(uri=own_database)
 
     def completed() -> int:
@@ -131,12 +134,12 @@ def test_four_workers_ride_out_two_restarts_of_their_server(restartable):
     _assert_complete(own_database, name, RESTART_TRIALS, per_worker)
 
 
-def _run_fleet(server: OwnPostgreSQL, url: str, storage: dict) -> int:
+def _run_fleet(server: OwnPostgreSQL, url: str, storage: dict, working_dir: Path) -> int:
     """64 Oríon workers on one experiment; the peak of server connections."""
     name = "fleet"
     dbname = url.rsplit("/", 1)[1]
     with PeakConnections(server, dbname) as peak:
-        args = (storage, name, FLEET_TRIALS, _trivial_objective, FLEET_TRIALS // FLEET_WORKERS)
+        args = (storage, name, FLEET_TRIALS, _trivial_objective, str(working_dir), FLEET_TRIALS // FLEET_WORKERS)
         processes, results = start_children(_orion_worker, [args] * FLEET_WORKERS)
         per_worker = collect_children(processes, results, timeout=1200)
     _assert_complete(url, name, FLEET_TRIALS, per_worker)
@@ -144,16 +147,18 @@ def _run_fleet(server: OwnPostgreSQL, url: str, storage: dict) -> int:
 
 
 @pytest.mark.slow
-def test_64_workers_complete_an_experiment_within_100_server_connections(own_server, own_database):
-    peak = _run_fleet(own_server, own_database, {"type": "sql", "uri": own_database})
+def test_64_workers_complete_an_experiment_within_100_server_connections(own_server, own_database, tmp_path):
+    peak = _run_fleet(own_server, own_database, {"type": "sql", "uri": own_database}, tmp_path)
     print(f"64 workers directly: peak {peak} server connections")
     assert peak <= 100
 
 
 @pytest.mark.slow
-def test_64_workers_complete_an_experiment_through_pgbouncer_in_transaction_pooling(own_server, own_database):
+def test_64_workers_complete_an_experiment_through_pgbouncer_in_transaction_pooling(
+    own_server, own_database, tmp_path
+):
     with PgBouncer(own_server.port, pool_size=BOUNCER_POOL, user=WORKER_ROLE) as bouncer:
         url = bouncer.url(own_database.rsplit("/", 1)[1])
-        peak = _run_fleet(own_server, own_database, {"type": "sql", "uri": url, "pool_mode": "transaction"})
+        peak = _run_fleet(own_server, own_database, {"type": "sql", "uri": url, "pool_mode": "transaction"}, tmp_path)
     print(f"64 workers through PgBouncer: peak {peak} server connections")
     assert peak <= BOUNCER_POOL
