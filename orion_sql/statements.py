@@ -9,7 +9,7 @@ statements: one round trip each.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from orion.core.worker.trial import Trial
@@ -73,15 +73,17 @@ def trial_documents(conn: Connection, clause, *order_by) -> list[dict]:
     rows = conn.execute(select(trials).where(clause).order_by(*order_by, TrialRow.id)).all()
     if not rows:
         return []
-    return trial_documents_of(rows, conn.execute(values_of_trials(select(TrialRow.id).where(clause))).mappings())
+    values = conn.execute(values_of_trials(select(TrialRow.id).where(clause))).mappings()
+    return trial_documents_of([row._mapping for row in rows], values)
 
 
-def trial_documents_of(rows, values) -> list[dict]:
-    """Trial documents from trial rows and the rows of their values (:func:`values_of_trials`)."""
-    by_trial: dict[int, dict[str, list]] = {row.id: {"params": [], "results": []} for row in rows}
+def trial_documents_of(rows: Sequence[Mapping], values) -> list[dict]:
+    """Trial documents from trial rows (mappings of their columns) and the rows of their
+    values, in order (:func:`values_of_trials`)."""
+    by_trial: dict[int, dict[str, list]] = {row["id"]: {"params": [], "results": []} for row in rows}
     for value in values:
         by_trial[value["trial_id"]][value["kind"]].append(mapping.value_document(value))
-    return [mapping.trial_document(row._mapping, **by_trial[row.id]) for row in rows]
+    return [mapping.trial_document(row, **by_trial[row["id"]]) for row in rows]
 
 
 def completion(dialect: Dialect) -> Complete:
@@ -223,7 +225,7 @@ def reservation(dialect: Dialect) -> Reserve:
         row = conn.execute(reserve, {"experiment": experiment_id, "reserving_worker": worker}).first()
         if row is None:
             return None
-        return trial_documents_of([row], conn.execute(values, {"trial": row.id}).mappings())[0]
+        return trial_documents_of([row._mapping], conn.execute(values, {"trial": row.id}).mappings())[0]
 
     return reserve_then_read
 
@@ -287,10 +289,8 @@ def _reservation_in_three_statements(dialect: Dialect) -> Reserve:
             "worker": worker,
         }
         found = values.mappings(conn, {"trial": row["id"]})
-        by_kind: dict[str, list] = {"params": [], "results": []}
-        for value in sorted(found, key=lambda value: (value["kind"], value["position"])):
-            by_kind[value["kind"]].append(mapping.value_document(value))
-        return mapping.trial_document(reserved, **by_kind)
+        in_order = sorted(found, key=lambda value: (value["kind"], value["position"]))
+        return trial_documents_of([reserved], in_order)[0]
 
     return pick_reserve_read
 
@@ -312,7 +312,7 @@ def _reservation_in_one_statement(reserve: Update) -> Reserve:
         rows = conn.execute(statement, {"experiment": experiment_id, "reserving_worker": worker}).all()
         if not rows:
             return None
-        return trial_documents_of(rows[:1], [row._mapping for row in rows if row.kind is not None])[0]
+        return trial_documents_of([rows[0]._mapping], [row._mapping for row in rows if row.kind is not None])[0]
 
     return reserve_and_read
 
